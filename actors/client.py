@@ -1,0 +1,365 @@
+"""The client handle: routing by partition key, batching, typed outcomes.
+
+Design note
+-----------
+``Cluster`` is what a driver script holds.  ``create`` spawns a supervisor
+(which spawns the partition replicas) and loads initial data; ``connect``
+attaches to a running cluster by name.  A call is routed by its procedure's
+``partition_by`` argument (``stable_hash(value) % partitions``); ``call_many``
+groups a batch by partition and sends one actor call per partition, so Ray's
+~1 ms per call is paid once per group, not per transaction.  Results come back
+in input order, a failed transaction as its typed error object in its place.
+
+Ray runs one caller's calls to one actor in submission order, so futures from
+``call_async`` complete in submission order per partition.
+
+Read-only multi-partition procedures run here, in the driver, as a
+scatter-gather over the partition leaders (``tx.run`` / ``tx.run_all``); they
+are not isolated from concurrent writes until the two-phase-commit coordinator
+takes them over.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import pyarrow as pa
+
+from actors import runtime
+from actors.config import ClusterConfig, validate_cluster_name
+from actors.errors import (
+    ActorDied, BatchTooLarge, ClusterExists, ClusterNotFound, InvalidArguments, InvalidConfig,
+    OhmError, PartitionUnavailable, UnknownProcedure,
+)
+from actors.routing import partition_of
+from actors.schema import Procedure, Schema
+from actors.supervisor import Supervisor
+from recovery.cluster_map import supervisor_name
+
+_OUR_PACKAGES = ("actors", "recovery", "workloads")
+
+
+class BatchFuture:
+    """The pending outcome of one ``call_many_async``: one actor call per partition."""
+
+    def __init__(self, cluster: "Cluster", size: int, groups: list[tuple[int, list[int], Any]],
+                 errors: dict[int, OhmError], timeout_s: float) -> None:
+        self._cluster = cluster
+        self._size = size
+        self._groups = groups          # (partition, input indices, object ref)
+        self._errors = errors          # input index -> error known before sending
+        self._timeout_s = timeout_s
+        self._value: list[Any] | None = None
+
+    def result(self, timeout_s: float | None = None) -> list[Any]:
+        """Each transaction's result, or its typed error object, in input order."""
+        if self._value is None:
+            deadline_s = self._timeout_s if timeout_s is None else timeout_s
+            answers = runtime.get_each([g[2] for g in self._groups], deadline_s, what="execute_batch")
+            out: list[Any] = [None] * self._size
+            for index, err in self._errors.items():
+                out[index] = err
+            for (partition, indices, _), answer in zip(self._groups, answers):
+                self._fill(out, partition, indices, answer)
+            self._value = out
+        return self._value
+
+    def _fill(self, out: list[Any], partition: int, indices: list[int], answer: Any) -> None:
+        if isinstance(answer, OhmError):
+            err = answer
+            if isinstance(answer, ActorDied):
+                err = PartitionUnavailable(
+                    f"partition {partition}: its leader died; the outcome of these transactions is unknown",
+                    partition=partition, cause=answer.message,
+                )
+            for i in indices:
+                out[i] = err
+            return
+        results, errors, batch_error = answer
+        if batch_error is not None:
+            for i in indices:
+                out[i] = batch_error
+            return
+        for j, i in enumerate(indices):
+            out[i] = errors[j] if j in errors else results[j]
+
+
+class TxnFuture:
+    """The pending outcome of one ``call_async``."""
+
+    def __init__(self, batch: BatchFuture) -> None:
+        self._batch = batch
+
+    def result(self, timeout_s: float | None = None) -> Any:
+        """The transaction's result; raises its typed error."""
+        value = self._batch.result(timeout_s)[0]
+        if isinstance(value, OhmError):
+            raise value
+        return value
+
+    def done(self) -> bool:
+        return runtime.ready([g[2] for g in self._batch._groups])
+
+
+class _Done(BatchFuture):
+    """An already-known outcome (driver-side multi-partition procedures)."""
+
+    def __init__(self, values: list[Any]) -> None:
+        self._value = values
+        self._groups = []
+
+
+class ScatterContext:
+    """The ``tx`` of a read-only multi-partition procedure run in the driver."""
+
+    def __init__(self, cluster: "Cluster") -> None:
+        self._cluster = cluster
+
+    @property
+    def partitions(self) -> int:
+        return self._cluster.partitions
+
+    def run(self, partition_key: Any, fragment: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fragment(tx, *args)`` read-only on the partition owning ``partition_key``."""
+        return self._gather([partition_of(partition_key, self.partitions)], fragment, args)[0]
+
+    def run_all(self, fragment: Callable[..., Any], *args: Any) -> list[Any]:
+        """Run ``fragment(tx, *args)`` read-only on every partition; results by partition."""
+        return self._gather(list(range(self.partitions)), fragment, args)
+
+    def _gather(self, partitions: list[int], fragment: Callable[..., Any], args: tuple) -> list[Any]:
+        leaders = self._cluster._leaders
+        refs = [runtime.submit(leaders[p], "run_fragment", fragment, args) for p in partitions]
+        out = []
+        for p, answer in zip(partitions, runtime.get_each(refs, self._cluster.config.call_timeout_s, "run_fragment")):
+            if isinstance(answer, ActorDied):
+                raise PartitionUnavailable(f"partition {p}: its leader died", partition=p)
+            if isinstance(answer, OhmError):
+                raise answer
+            result, err = answer
+            if err is not None:
+                raise err
+            out.append(result)
+        return out
+
+
+class Cluster:
+    """A handle on one ohmdb cluster: create or connect, then call procedures."""
+
+    def __init__(self, config: ClusterConfig, schema: Schema, supervisor: Any) -> None:
+        self.config = config
+        self.schema = schema
+        self._supervisor = supervisor
+        self._leaders: list[Any] = []
+        self._map_version = 0
+        self._refresh_routing()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        schema: Schema,
+        partitions: int = 4,
+        name: str = "ohmdb",
+        *,
+        initial_data: Mapping[str, pa.Table | Sequence[Mapping[str, Any]]] | None = None,
+        batch_txns_max: int | None = None,
+        call_timeout_s: float | None = None,
+        address: str | None = None,
+    ) -> "Cluster":
+        """Start a new cluster named ``name`` (Ray is started locally when not connected)."""
+        if not isinstance(schema, Schema):
+            raise InvalidConfig(f"Cluster.create needs a Schema, got {type(schema).__name__}")
+        overrides = {k: v for k, v in (("batch_txns_max", batch_txns_max), ("call_timeout_s", call_timeout_s)) if v is not None}
+        config = ClusterConfig(name=name, partitions=partitions, **overrides).validate()
+        data = _check_initial_data(schema, initial_data or {})
+        runtime.connect(address)
+        _ship_procedures_by_value(schema)
+        try:
+            sup = runtime.spawn(Supervisor, supervisor_name(name), config.to_dict(), schema, max_restarts=0)
+        except ValueError:
+            raise ClusterExists(
+                f"a cluster named {name!r} is running; Cluster.connect({name!r}) to use it or shut it down first",
+                name=name,
+            ) from None
+        try:
+            runtime.call(sup, "start", timeout_s=config.spawn_timeout_s)
+            db = cls(config, schema, sup)
+            for table, rows in data.items():
+                db._load(table, rows)
+        except BaseException:
+            _destroy(sup, name)
+            raise
+        return db
+
+    @classmethod
+    def connect(cls, name: str = "ohmdb", *, address: str | None = "auto") -> "Cluster":
+        """Attach to a running cluster (``address='auto'`` finds the local Ray cluster)."""
+        validate_cluster_name(name)
+        try:
+            runtime.connect(address)
+        except ConnectionError as exc:
+            raise ClusterNotFound(f"no Ray cluster to connect to at {address!r}: {exc}", name=name) from None
+        sup = runtime.find(supervisor_name(name))
+        if sup is None:
+            running = sorted({n.split(":")[0] for n in runtime.list_names() if n.endswith(":supervisor")})
+            raise ClusterNotFound(f"no ohmdb cluster named {name!r}; running: {running or 'none'}", name=name)
+        config, schema = runtime.call(sup, "describe", timeout_s=CONNECT_TIMEOUT_S)
+        return cls(ClusterConfig(**config), schema, sup)
+
+    def shutdown(self) -> None:
+        """Stop every actor of this cluster; its in-memory data is gone."""
+        _destroy(self._supervisor, self.name)
+        self._leaders = []
+
+    # -- calls -------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def partitions(self) -> int:
+        return self.config.partitions
+
+    def call(self, procedure: str, *args: Any, timeout_s: float | None = None) -> Any:
+        """Run one transaction; its result, or raise its typed ``OhmError``."""
+        value = self.call_many_async(procedure, [args], timeout_s).result()[0]
+        if isinstance(value, OhmError):
+            raise value
+        return value
+
+    def call_many(self, procedure: str, args_list: Iterable[Sequence[Any]], timeout_s: float | None = None) -> list[Any]:
+        """Run many transactions of one procedure; results or error objects in input order."""
+        return self.call_many_async(procedure, args_list, timeout_s).result()
+
+    def call_async(self, procedure: str, *args: Any) -> TxnFuture:
+        """Start one transaction; ``.result()`` gives its result or raises its error."""
+        return TxnFuture(self.call_many_async(procedure, [args]))
+
+    def call_many_async(self, procedure: str, args_list: Iterable[Sequence[Any]],
+                        timeout_s: float | None = None) -> BatchFuture:
+        """Start a batch: one actor call per partition it touches."""
+        proc = self._procedure(procedure)
+        batch = [tuple(a) if isinstance(a, (list, tuple)) else (a,) for a in args_list]
+        if len(batch) > self.config.batch_txns_max:
+            raise BatchTooLarge(
+                f"batch of {len(batch)} transactions exceeds the limit of {self.config.batch_txns_max}",
+                size=len(batch), limit=self.config.batch_txns_max,
+            )
+        timeout = self.config.call_timeout_s if timeout_s is None else timeout_s
+        if proc.multi_partition:
+            return _Done([self._run_multi(proc, args) for args in batch])
+        by_partition: dict[int, list[int]] = {}
+        errors: dict[int, OhmError] = {}
+        for i, args in enumerate(batch):
+            try:
+                p = partition_of(proc.partition_value(args), self.partitions)
+            except OhmError as err:
+                errors[i] = err
+                continue
+            by_partition.setdefault(p, []).append(i)
+        groups = [
+            (p, idx, runtime.submit(self._leaders[p], "execute_batch", [(proc.name, batch[i]) for i in idx]))
+            for p, idx in by_partition.items()
+        ]
+        return BatchFuture(self, len(batch), groups, errors, timeout)
+
+    def load(self, table: str, rows: pa.Table | Sequence[Mapping[str, Any]]) -> int:
+        """Bulk-insert rows into a partitioned table (all rows validated first)."""
+        t = self.schema.tables.get(table)
+        if t is not None and t.replicated:
+            raise InvalidArguments(f"table {table!r} is replicated: load it through Cluster.create(initial_data=...)", table=table)
+        clean = _check_initial_data(self.schema, {table: rows})
+        return self._load(table, clean[table])
+
+    # -- inspection -----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """Partitions, replicas (role, epoch, node, pid, counts), leaders, nodes, totals."""
+        return runtime.call(self._supervisor, "status", timeout_s=self.config.call_timeout_s)
+
+    # -- internals ------------------------------------------------------------------
+
+    def _procedure(self, name: str) -> Procedure:
+        proc = self.schema.procedures.get(name) if isinstance(name, str) else None
+        if proc is None:
+            raise UnknownProcedure(f"unknown procedure {name!r}; known: {sorted(self.schema.procedures)}", procedure=str(name))
+        return proc
+
+    def _run_multi(self, proc: Procedure, args: tuple) -> Any:
+        try:
+            proc.check_args(args)
+            return proc.func(ScatterContext(self), *args)
+        except OhmError as err:
+            return err
+
+    def _refresh_routing(self) -> None:
+        routing = runtime.call(self._supervisor, "routing", timeout_s=self.config.call_timeout_s)
+        self._leaders = routing["leaders"]
+        self._map_version = routing["version"]
+
+    def _load(self, table: str, rows: list[dict[str, Any]]) -> int:
+        t = self.schema.tables[table]
+        if t.replicated:
+            groups = {p: rows for p in range(self.partitions)}
+        else:
+            groups = {}
+            for row in rows:
+                groups.setdefault(partition_of(row[t.partition_by], self.partitions), []).append(row)
+        refs = [runtime.submit(self._leaders[p], "load", table, part) for p, part in groups.items()]
+        loaded = 0
+        for answer in runtime.get_each(refs, self.config.call_timeout_s, what="load"):
+            if isinstance(answer, OhmError):
+                raise answer
+            n, err = answer
+            if err is not None:
+                raise err
+            loaded += n
+        return len(rows) if t.replicated else loaded
+
+
+CONNECT_TIMEOUT_S = 30.0
+
+
+def _check_initial_data(schema: Schema, data: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Validate every row before anything is sent (a bad row names itself)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for table, rows in data.items():
+        t = schema.tables.get(table)
+        if t is None:
+            raise InvalidArguments(f"initial data for unknown table {table!r}; tables are {sorted(schema.tables)}", table=repr(table))
+        if isinstance(rows, pa.Table):
+            rows = rows.to_pylist()
+        clean = [t.check_row(r) for r in rows]
+        keys = [t.key_of(r) for r in clean]
+        if len(set(keys)) != len(keys):
+            seen: set = set()
+            dup = next(k for k in keys if k in seen or seen.add(k))
+            raise InvalidArguments(f"initial data for {table!r} repeats primary key {dup!r}", table=table, key=repr(dup))
+        out[table] = clean
+    return out
+
+
+def _ship_procedures_by_value(schema: Schema) -> None:
+    """Procedures from a driver's own modules travel by value, not by import."""
+    modules = set()
+    for proc in schema.procedures.values():
+        mod_name = getattr(proc.func, "__module__", None) or "__main__"
+        if mod_name == "__main__" or mod_name.split(".")[0] in _OUR_PACKAGES:
+            continue
+        module = sys.modules.get(mod_name)
+        if module is not None:
+            modules.add(module)
+    runtime.register_by_value(modules)
+
+
+def _destroy(supervisor: Any, name: str) -> None:
+    try:
+        runtime.call(supervisor, "shutdown", timeout_s=CONNECT_TIMEOUT_S)
+    except OhmError:
+        pass
+    runtime.kill(supervisor)
+    runtime.wait_gone(supervisor_name(name), CONNECT_TIMEOUT_S)

@@ -1,0 +1,330 @@
+"""The partition core: storage and serial execution of transactions, no Ray.
+
+Design note
+-----------
+One ``PartitionCore`` holds one partition's rows (table -> key -> row dict) and
+runs transactions one at a time, as VoltDB/H-Store do: a single thread owns the
+partition, so there are no latches and every transaction is serializable.
+
+A transaction runs a stored procedure against a ``TxContext``.  Writes go to
+storage in place (so the transaction reads its own writes) and push an undo
+entry; on ``tx.abort``, a typed error or any other exception, the undo entries
+are replayed in reverse and the transaction's redo records are dropped, so
+nothing is half-applied.  Stored rows are never mutated in place (an update
+stores a new dict) and readers get copies, so user code cannot corrupt state.
+
+``execute_batch`` runs many transactions in one call -- the unit the actor
+shell receives and, later, the unit of group commit -- and returns one outcome
+per transaction plus the redo records of the committed ones.  ``apply_redo``
+is how a follower or a recovery replays them.  The core knows nothing of time,
+Ray or files.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, NoReturn
+
+from actors.errors import (
+    BatchTooLarge, DuplicateKey, InvalidArguments, KeyNotFound, OhmError, ProcedureFailed,
+    ReadOnlyViolation, SchemaViolation, UnknownProcedure, UserAbort, WrongPartition,
+)
+from actors.routing import partition_of
+from actors.schema import Schema, Table
+from recovery.redo import DELETE, INSERT, UPDATE, RedoRecord, apply_record
+
+#: Default upper bound on transactions in one batch (one actor call).
+BATCH_TXNS_MAX = 10_000
+#: Characters of a procedure's traceback kept in a ProcedureFailed error.
+TRACEBACK_CHARS_MAX = 4_000
+#: Bits of a txn id that hold the per-partition sequence number.
+TXN_SEQ_BITS = 40
+
+
+@dataclass
+class BatchOutcome:
+    """Results of one batch: ``results[i]`` or ``errors[i]`` for each transaction."""
+
+    results: list[Any]
+    errors: dict[int, OhmError]
+    redo: list[RedoRecord] = field(default_factory=list)
+
+
+class TxContext:
+    """What a procedure sees: get / insert / update / upsert / delete / scan / abort."""
+
+    __slots__ = ("_core", "_undo", "_redo", "_txn_id", "_read_only")
+
+    def __init__(self, core: "PartitionCore", txn_id: int, redo: list[RedoRecord], read_only: bool) -> None:
+        self._core = core
+        self._undo: list[tuple[dict, Any, dict | None]] = []
+        self._redo = redo
+        self._txn_id = txn_id
+        self._read_only = read_only
+
+    @property
+    def partition(self) -> int:
+        """The partition this transaction runs on."""
+        return self._core.partition_id
+
+    @property
+    def txn_id(self) -> int:
+        return self._txn_id
+
+    # -- reads ------------------------------------------------------------------
+
+    def get(self, table: str, key: Any) -> dict[str, Any] | None:
+        """The row with this primary key, as a new dict, or None."""
+        t, rows = self._core._table(table)
+        key = self._core._own_key(t, key)
+        row = rows.get(key)
+        return None if row is None else dict(row)
+
+    def scan(self, table: str, predicate: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
+        """Every row of ``table`` in this partition (that satisfies ``predicate``)."""
+        _, rows = self._core._table(table)
+        if predicate is None:
+            return [dict(r) for r in rows.values()]
+        return [dict(r) for r in rows.values() if predicate(r)]
+
+    def count(self, table: str) -> int:
+        """Rows of ``table`` in this partition."""
+        return len(self._core._table(table)[1])
+
+    # -- writes -----------------------------------------------------------------
+
+    def insert(self, table: str, row: dict[str, Any]) -> None:
+        """Insert a new row; DuplicateKey if its primary key exists."""
+        t, rows = self._writable(table)
+        clean = t.check_row(row)
+        key = self._core._own_key(t, t.key_of(clean))
+        if key in rows:
+            raise DuplicateKey(f"table {table!r}: duplicate primary key {key!r}", table=table, key=repr(key))
+        self._write(t.name, rows, key, clean, INSERT)
+
+    def update(self, table: str, key: Any, changes: dict[str, Any]) -> dict[str, Any]:
+        """Change some columns of an existing row; KeyNotFound if it is missing."""
+        t, rows = self._writable(table)
+        key = self._core._own_key(t, key)
+        old = rows.get(key)
+        if old is None:
+            raise KeyNotFound(f"table {table!r}: no row with key {key!r} to update", table=table, key=repr(key))
+        new = {**old, **t.check_changes(changes)}
+        self._write(t.name, rows, key, new, UPDATE)
+        return dict(new)
+
+    def upsert(self, table: str, row: dict[str, Any]) -> None:
+        """Insert the row, or replace the row with the same primary key."""
+        t, rows = self._writable(table)
+        clean = t.check_row(row)
+        key = self._core._own_key(t, t.key_of(clean))
+        self._write(t.name, rows, key, clean, UPDATE if key in rows else INSERT)
+
+    def delete(self, table: str, key: Any) -> None:
+        """Delete an existing row; KeyNotFound if it is missing."""
+        t, rows = self._writable(table)
+        key = self._core._own_key(t, key)
+        if key not in rows:
+            raise KeyNotFound(f"table {table!r}: no row with key {key!r} to delete", table=table, key=repr(key))
+        self._write(t.name, rows, key, None, DELETE)
+
+    def abort(self, reason: str = "aborted by procedure") -> NoReturn:
+        """Roll the transaction back; the caller gets UserAbort(reason)."""
+        raise UserAbort(str(reason), reason=str(reason))
+
+    # -- internals ----------------------------------------------------------------
+
+    def _writable(self, table: str) -> tuple[Table, dict]:
+        t, rows = self._core._table(table)
+        if self._read_only:
+            raise ReadOnlyViolation(f"table {table!r}: this transaction is read-only", table=table)
+        if t.replicated:
+            raise ReadOnlyViolation(
+                f"table {table!r} is replicated and read-only after load "
+                "(writes to replicated tables need the two-phase-commit coordinator)",
+                table=table,
+            )
+        return t, rows
+
+    def _write(self, table: str, rows: dict, key: Any, row: dict | None, op: str) -> None:
+        self._undo.append((rows, key, rows.get(key)))
+        if row is None:
+            del rows[key]
+        else:
+            rows[key] = row
+        self._redo.append(RedoRecord(self._txn_id, op, table, key, row))
+
+    def _rollback(self, redo_mark: int) -> None:
+        for rows, key, old in reversed(self._undo):
+            if old is None:
+                rows.pop(key, None)
+            else:
+                rows[key] = old
+        self._undo.clear()
+        del self._redo[redo_mark:]
+
+
+class PartitionCore:
+    """One partition's state and its serial transaction executor."""
+
+    def __init__(self, schema: Schema, partition_id: int, partitions: int,
+                 batch_txns_max: int = BATCH_TXNS_MAX) -> None:
+        if not (0 <= partition_id < partitions):
+            raise ValueError(f"partition {partition_id} outside 0..{partitions - 1}")
+        self.schema = schema
+        self.partition_id = partition_id
+        self.partitions = partitions
+        self.batch_txns_max = batch_txns_max
+        self.tables: dict[str, dict[Any, dict[str, Any]]] = {name: {} for name in schema.tables}
+        self.txn_seq = 0
+        self.committed = 0
+        self.aborted = 0   # user aborts
+        self.failed = 0    # every other error
+
+    # -- execution ----------------------------------------------------------------
+
+    def execute_batch(self, calls: list[tuple[str, tuple]]) -> BatchOutcome:
+        """Run ``(procedure name, args)`` transactions in order, each atomically."""
+        if len(calls) > self.batch_txns_max:
+            raise BatchTooLarge(
+                f"batch of {len(calls)} transactions exceeds the limit of {self.batch_txns_max}",
+                size=len(calls), limit=self.batch_txns_max,
+            )
+        out = BatchOutcome(results=[None] * len(calls), errors={})
+        for i, call in enumerate(calls):
+            try:
+                name, args = call
+            except (TypeError, ValueError):
+                out.errors[i] = InvalidArguments(f"call {i} is not a (procedure, args) pair: {call!r}", index=i)
+                self.failed += 1
+                continue
+            result = self.execute(name, args, out.redo)
+            if isinstance(result, _Failure):
+                out.errors[i] = result.error
+            else:
+                out.results[i] = result
+        return out
+
+    def execute(self, name: str, args: Any, redo: list[RedoRecord]) -> Any:
+        """Run one transaction; its redo goes to ``redo``; a failure is returned as _Failure."""
+        proc = self.schema.procedures.get(name)
+        try:
+            if proc is None:
+                raise UnknownProcedure(
+                    f"unknown procedure {name!r}; known: {sorted(self.schema.procedures)}", procedure=str(name)
+                )
+            if proc.multi_partition:
+                raise InvalidArguments(
+                    f"procedure {name!r} is multi-partition; a partition cannot run it on its own", procedure=name
+                )
+            if not isinstance(args, tuple):
+                args = tuple(args) if isinstance(args, list) else (args,)
+            proc.check_args(args)
+            value = proc.partition_value(args)
+            if partition_of(value, self.partitions) != self.partition_id:
+                raise WrongPartition(
+                    f"procedure {name!r}: {proc.partition_by}={value!r} "
+                    f"belongs to another partition than {self.partition_id}",
+                    procedure=name, partition=self.partition_id,
+                )
+        except OhmError as err:
+            self.failed += 1
+            return _Failure(err)
+        return self._run(proc.name, proc.func, args, redo, proc.read_only)
+
+    def run_fragment(self, fragment: Callable[..., Any], args: tuple) -> Any:
+        """Run a read-only fragment of a multi-partition procedure; _Failure on error."""
+        return self._run(getattr(fragment, "__name__", "fragment"), fragment, tuple(args), [], read_only=True)
+
+    def _run(self, name: str, func: Callable[..., Any], args: tuple, redo: list[RedoRecord], read_only: bool) -> Any:
+        self.txn_seq += 1
+        tx = TxContext(self, (self.partition_id << TXN_SEQ_BITS) | self.txn_seq, redo, read_only)
+        mark = len(redo)
+        try:
+            result = func(tx, *args)
+        except UserAbort as err:
+            tx._rollback(mark)
+            self.aborted += 1
+            return _Failure(err)
+        except OhmError as err:
+            tx._rollback(mark)
+            self.failed += 1
+            return _Failure(err)
+        except Exception as exc:  # user code: any exception rolls back
+            tx._rollback(mark)
+            self.failed += 1
+            return _Failure(_procedure_failed(name, exc))
+        except BaseException:
+            tx._rollback(mark)
+            raise
+        self.committed += 1
+        return result
+
+    # -- state --------------------------------------------------------------------
+
+    def load(self, table: str, rows: Iterable[dict[str, Any]]) -> int:
+        """Bulk-insert validated rows (initial data); all or nothing."""
+        t, stored = self._table(table)
+        staged: dict[Any, dict[str, Any]] = {}
+        for row in rows:
+            clean = t.check_row(row)
+            key = self._own_key(t, t.key_of(clean))
+            if key in stored or key in staged:
+                raise DuplicateKey(f"table {table!r}: duplicate primary key {key!r} in loaded data", table=table, key=repr(key))
+            staged[key] = clean
+        stored.update(staged)
+        return len(staged)
+
+    def apply_redo(self, records: Iterable[RedoRecord]) -> None:
+        """Apply redo records produced by a leader (follower / recovery path)."""
+        for rec in records:
+            apply_record(self.tables, rec)
+
+    def row_counts(self) -> dict[str, int]:
+        return {name: len(rows) for name, rows in self.tables.items()}
+
+    def counters(self) -> dict[str, int]:
+        return {"committed": self.committed, "aborted": self.aborted, "failed": self.failed}
+
+    # -- internals ----------------------------------------------------------------
+
+    def _table(self, name: str) -> tuple[Table, dict]:
+        try:
+            return self.schema.tables[name], self.tables[name]
+        except (KeyError, TypeError):
+            raise SchemaViolation(f"unknown table {name!r}; tables are {sorted(self.tables)}", table=repr(name)) from None
+
+    def _own_key(self, t: Table, key: Any) -> Any:
+        """Validate ``key`` and check it lives on this partition."""
+        key = t.check_key(key)
+        if not t.replicated:
+            value = t.partition_value_of_key(key)
+            if partition_of(value, self.partitions) != self.partition_id:
+                raise WrongPartition(
+                    f"table {t.name!r}: {t.partition_by}={value!r} lives on another partition than {self.partition_id}; "
+                    "a single-partition procedure may only touch its own partition's rows",
+                    table=t.name, key=repr(key), partition=self.partition_id,
+                )
+        return key
+
+
+class _Failure:
+    """A failed transaction's error, distinguishable from any procedure result."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: OhmError) -> None:
+        self.error = error
+
+
+def is_failure(value: Any) -> bool:
+    return isinstance(value, _Failure)
+
+
+def _procedure_failed(name: str, exc: Exception) -> ProcedureFailed:
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-TRACEBACK_CHARS_MAX:]
+    return ProcedureFailed(
+        f"procedure {name!r} raised {type(exc).__name__}: {exc}",
+        procedure=name, exception=type(exc).__name__, traceback=tb,
+    )

@@ -1,0 +1,205 @@
+"""The one module that calls Ray: connect, spawn, find, call, kill, nodes.
+
+Design note
+-----------
+Every ``ray.*`` call in ohmdb lives here, so protocol code stays testable
+without Ray and tests can swap this module.  What it does:
+
+* ``connect`` attaches to a Ray cluster at ``address``, or starts a local
+  instance when none is given (the embedded default).
+* ``spawn`` creates a named, detached actor in the fixed ``NAMESPACE`` (so any
+  driver or the CLI can find it), with an explicit small CPU request and a
+  ``control`` concurrency group for heartbeats and status, so those never
+  queue behind a long transaction; the default group runs one call at a time.
+* ``submit``/``get``/``call`` turn Ray's failures into typed errors:
+  ``Timeout`` when no answer came in time, ``ActorDied`` when the actor is gone;
+  a typed error raised inside an actor method comes back as itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any, Iterable
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from actors.errors import ActorDied, OhmError, Timeout
+
+NAMESPACE = "ohmdb"
+CONTROL_GROUP = "control"
+#: Threads in each actor's control group (heartbeats, status).
+CONTROL_THREADS = 2
+#: CPU request of every ohmdb actor: small, so a 2-core machine hosts many.
+ACTOR_CPUS = 0.0
+#: Poll interval while waiting for a killed actor's name to be released.
+NAME_POLL_S = 0.05
+
+log = logging.getLogger("ohmdb.runtime")
+_remote_classes: dict[type, Any] = {}
+
+
+# --- connection -------------------------------------------------------------------
+
+
+def connect(address: str | None = None, **init_kwargs: Any) -> str:
+    """Attach to Ray (start a local instance when ``address`` is None); return its GCS address."""
+    if not ray.is_initialized():
+        if address is None:
+            init_kwargs.setdefault("include_dashboard", False)
+        init_kwargs.setdefault("log_to_driver", os.environ.get("OHMDB_LOG_TO_DRIVER", "0") == "1")
+        ray.init(address=address, **init_kwargs)
+    return ray.get_runtime_context().gcs_address
+
+
+def is_connected() -> bool:
+    return ray.is_initialized()
+
+
+def disconnect() -> None:
+    """Detach this driver (and stop the local instance if this driver started it)."""
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+# --- actors ------------------------------------------------------------------------
+
+
+def _remote_class(cls: type) -> Any:
+    if cls not in _remote_classes:
+        _remote_classes[cls] = ray.remote(concurrency_groups={CONTROL_GROUP: CONTROL_THREADS})(cls)
+    return _remote_classes[cls]
+
+
+def spawn(cls: type, name: str, *args: Any, node_id: str | None = None, max_restarts: int = 0) -> Any:
+    """Create the named, detached actor ``cls(*args)``; return its handle.
+
+    Raises ValueError when an actor of that name exists.
+    """
+    options: dict[str, Any] = dict(
+        name=name, namespace=NAMESPACE, lifetime="detached", num_cpus=ACTOR_CPUS,
+        max_restarts=max_restarts, max_task_retries=0,
+    )
+    if node_id is not None:
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=True)
+    return _remote_class(cls).options(**options).remote(*args)
+
+
+def find(name: str) -> Any | None:
+    """The handle of the named actor, or None."""
+    try:
+        return ray.get_actor(name, namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+def list_names(prefix: str = "") -> list[str]:
+    """Names of live named actors in the ohmdb namespace that start with ``prefix``."""
+    found = ray.util.list_named_actors(all_namespaces=True)
+    return sorted(a["name"] for a in found if a.get("namespace") == NAMESPACE and a["name"].startswith(prefix))
+
+
+def kill(handle: Any) -> None:
+    """Kill an actor for good (no restart); a dead actor is not an error."""
+    try:
+        ray.kill(handle, no_restart=True)
+    except (ValueError, RayActorError):
+        pass
+
+
+def wait_gone(name: str, timeout_s: float) -> bool:
+    """Wait until no actor holds ``name`` (Ray frees a killed actor's name asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    while find(name) is not None:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(NAME_POLL_S)
+    return True
+
+
+# --- calls ---------------------------------------------------------------------------
+
+
+def submit(handle: Any, method: str, *args: Any, control: bool = False) -> Any:
+    """Start ``handle.method(*args)``; return its object ref."""
+    m = getattr(handle, method)
+    if control:
+        m = m.options(concurrency_group=CONTROL_GROUP)
+    return m.remote(*args)
+
+
+def get(ref: Any, timeout_s: float | None = None, what: str = "call") -> Any:
+    """Wait for one ref; typed errors for timeouts, dead actors and raised OhmErrors."""
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except GetTimeoutError:
+        raise Timeout(f"{what}: no answer within {timeout_s} s; the outcome is unknown", timeout_s=timeout_s) from None
+    except RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, OhmError):
+            raise cause from None
+        raise
+    except RayActorError as exc:
+        raise ActorDied(f"{what}: the actor died ({type(exc).__name__})", cause=str(exc)[:500]) from None
+
+
+def get_each(refs: list[Any], timeout_s: float | None, what: str = "call") -> list[Any]:
+    """Wait for all refs up to one shared deadline; each result or its typed error."""
+    if refs:
+        ray.wait(refs, num_returns=len(refs), timeout=timeout_s, fetch_local=True)
+    out: list[Any] = []
+    for ref in refs:
+        try:
+            out.append(get(ref, timeout_s=0 if timeout_s is not None else None, what=what))
+        except OhmError as err:
+            out.append(err)
+    return out
+
+
+def ready(refs: list[Any]) -> bool:
+    """True when every ref has finished (successfully or not)."""
+    done, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
+    return len(done) == len(refs)
+
+
+def call(handle: Any, method: str, *args: Any, timeout_s: float | None = None, control: bool = False) -> Any:
+    """``handle.method(*args)`` and wait for it."""
+    return get(submit(handle, method, *args, control=control), timeout_s, what=method)
+
+
+# --- where we are ----------------------------------------------------------------------
+
+
+def alive_nodes() -> list[dict[str, Any]]:
+    """Alive Ray nodes: node_id, address, is_head, CPUs."""
+    nodes = []
+    for n in ray.nodes():
+        if n.get("Alive"):
+            nodes.append({
+                "node_id": n["NodeID"],
+                "address": n.get("NodeManagerAddress"),
+                "cpus": n.get("Resources", {}).get("CPU", 0.0),
+                "is_head": bool(n.get("Resources", {}).get("node:__internal_head__")),
+            })
+    return sorted(nodes, key=lambda n: (not n["is_head"], n["node_id"]))
+
+
+def own_node_id() -> str:
+    return ray.get_runtime_context().get_node_id()
+
+
+def own_identity() -> dict[str, Any]:
+    """Where the calling process runs: node id and pid."""
+    return {"node_id": own_node_id(), "pid": os.getpid()}
+
+
+def register_by_value(modules: Iterable[Any]) -> None:
+    """Ship these modules' functions by value (a driver's own procedures)."""
+    for module in modules:
+        try:
+            ray.cloudpickle.register_pickle_by_value(module)
+        except ValueError:
+            pass  # already registered, or not a registrable module

@@ -1,0 +1,125 @@
+"""The supervisor actor: creates the partition replicas and owns the cluster map.
+
+Design note
+-----------
+One detached, named supervisor per cluster (``<name>:supervisor``).  It plans
+placement with the pure ``ClusterMap.plan``, spawns every replica through
+``runtime``, waits for each to answer a ping, and from then on is the only
+writer of the map.  Clients ask it for routing (leader handles tagged with the
+map version) and status; ``Cluster.connect`` asks it for the schema and config.
+Failure detection and recovery (heartbeats, fencing, promotion, respawn) build
+on this ownership in later work; this shell only does I/O around the map.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from actors import runtime
+from actors.config import ClusterConfig
+from actors.errors import OhmError
+from actors.partition_actor import PartitionReplica
+from actors.schema import Schema
+from recovery.cluster_map import DEAD, SERVING, ClusterMap
+
+log = logging.getLogger("ohmdb.supervisor")
+
+
+class Supervisor:
+    def __init__(self, config: dict[str, Any], schema: Schema) -> None:
+        self.config = ClusterConfig(**config).validate()
+        self.schema = schema
+        self.map: ClusterMap | None = None
+        self.handles: dict[str, Any] = {}
+        self.started_at = time.time()
+        self.identity = runtime.own_identity()
+
+    def start(self) -> dict[str, Any]:
+        """Spawn every replica and wait until each answers; return the map."""
+        cfg = self.config
+        nodes = [n["node_id"] for n in runtime.alive_nodes()]
+        self.map = ClusterMap.plan(cfg.name, cfg.partitions, k=0, nodes=nodes)
+        log.info("phase=spawn cluster=%s partitions=%d nodes=%d", cfg.name, cfg.partitions, len(nodes))
+        for rep in self.map.replicas:
+            self.handles[rep.actor_name] = runtime.spawn(
+                PartitionReplica, rep.actor_name, cfg.name, self.schema, rep.partition, cfg.partitions,
+                rep.replica, rep.epoch, cfg.batch_txns_max, node_id=rep.node_id,
+            )
+        log.info("phase=await-ready cluster=%s", cfg.name)
+        refs = [runtime.submit(self.handles[r.actor_name], "status", control=True) for r in self.map.replicas]
+        for rep, answer in zip(self.map.replicas, runtime.get_each(refs, cfg.spawn_timeout_s, what="replica start")):
+            if isinstance(answer, OhmError):
+                raise answer
+            rep.node_id, rep.pid, rep.state = answer["node_id"], answer["pid"], SERVING
+        log.info("phase=serving cluster=%s", cfg.name)
+        return self.map.to_dict()
+
+    def routing(self) -> dict[str, Any]:
+        """Leader handles by partition, with the map version they belong to."""
+        m = self._map()
+        return {"version": m.version, "leaders": [self.handles[m.leader(p).actor_name] for p in range(m.partitions)]}
+
+    def describe(self) -> tuple[dict[str, Any], Schema]:
+        return self.config.to_dict(), self.schema
+
+    def ping(self) -> bool:
+        return True
+
+    def status(self) -> dict[str, Any]:
+        """The map joined with each replica's live answer (or 'unreachable')."""
+        m = self._map()
+        refs = [runtime.submit(self.handles[r.actor_name], "status", control=True) for r in m.replicas]
+        answers = runtime.get_each(refs, self.config.control_timeout_s, what="replica status")
+        replicas = []
+        for rep, answer in zip(m.replicas, answers):
+            entry = {"partition": rep.partition, "replica": rep.replica, "actor_name": rep.actor_name,
+                     "role": rep.role, "epoch": rep.epoch, "node_id": rep.node_id, "pid": rep.pid}
+            if isinstance(answer, OhmError):
+                entry.update(health="unreachable", error=answer.code)
+            else:
+                entry.update(health="ok", rows=answer["rows"], committed=answer["committed"],
+                             aborted=answer["aborted"], failed=answer["failed"])
+            replicas.append(entry)
+        return {
+            "name": self.config.name,
+            "map_version": m.version,
+            "partitions": m.partitions,
+            "k": m.k,
+            "replicas": replicas,
+            "leaders": {p: m.leader(p).actor_name for p in range(m.partitions)},
+            "nodes": runtime.alive_nodes(),
+            "supervisor": {"actor_name": f"{self.config.name}:supervisor", **self.identity},
+            "counts": _totals(replicas, {t.name for t in self.schema.tables.values() if t.replicated}),
+        }
+
+    def shutdown(self) -> int:
+        """Kill every replica; the caller then kills this actor."""
+        m = self._map()
+        for rep in m.replicas:
+            runtime.kill(self.handles[rep.actor_name])
+            rep.state = DEAD
+        return len(m.replicas)
+
+    def _map(self) -> ClusterMap:
+        if self.map is None:
+            raise RuntimeError("supervisor not started")
+        return self.map
+
+
+def _totals(replicas: list[dict[str, Any]], replicated: set[str]) -> dict[str, Any]:
+    """Sums over serving leaders; a replicated table counts one copy."""
+    leaders = [r for r in replicas if r["role"] == "leader" and r["health"] == "ok"]
+    rows: dict[str, int] = {}
+    for r in leaders:
+        for table, n in r["rows"].items():
+            rows[table] = n if table in replicated else rows.get(table, 0) + n
+    return {
+        "committed": sum(r["committed"] for r in leaders),
+        "aborted": sum(r["aborted"] for r in leaders),
+        "failed": sum(r["failed"] for r in leaders),
+        "rows": rows,
+        "replicas_ok": sum(1 for r in replicas if r["health"] == "ok"),
+        "replicas_total": len(replicas),
+    }

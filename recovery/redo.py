@@ -1,0 +1,42 @@
+"""Redo records: what a transaction changed, in the form logs ship and replay.
+
+Design note
+-----------
+The partition core turns every committed transaction into redo records
+``(txn_id, op, table, key, row)``: ``row`` is the full after-image for INSERT
+and UPDATE and ``None`` for DELETE.  After-images (not procedure calls) are
+what followers apply and recovery replays, so procedures need not be
+deterministic and replay never re-runs user code.  Applying a record is
+idempotent for a given final state: INSERT/UPDATE store the image, DELETE
+removes the key if present.
+
+The Arrow encoding of record batches (segments, LSNs, CRCs) belongs to the
+durability work and builds on this record type.
+"""
+
+from __future__ import annotations
+
+from typing import Any, MutableMapping, NamedTuple
+
+INSERT = "INSERT"
+UPDATE = "UPDATE"
+DELETE = "DELETE"
+OPS = (INSERT, UPDATE, DELETE)
+
+
+class RedoRecord(NamedTuple):
+    txn_id: int
+    op: str
+    table: str
+    key: Any
+    row: dict[str, Any] | None
+
+
+def apply_record(tables: MutableMapping[str, dict[Any, dict[str, Any]]], rec: RedoRecord) -> None:
+    """Apply one record to ``tables`` (table name -> key -> row)."""
+    if rec.op == DELETE:
+        tables[rec.table].pop(rec.key, None)
+    elif rec.op in (INSERT, UPDATE):
+        tables[rec.table][rec.key] = dict(rec.row or {})
+    else:
+        raise ValueError(f"unknown redo op {rec.op!r} in transaction {rec.txn_id}")

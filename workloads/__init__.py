@@ -1,0 +1,1 @@
+"""ohmdb workloads and benchmarks: voter (VoltDB's sample), with more to come."""
