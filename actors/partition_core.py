@@ -181,6 +181,7 @@ class PartitionCore:
         self.committed = 0
         self.aborted = 0   # user aborts
         self.failed = 0    # every other error
+        self.fragments = 0  # read-only fragments of multi-partition procedures (not transactions here)
 
     # -- execution ----------------------------------------------------------------
 
@@ -229,37 +230,39 @@ class PartitionCore:
                     procedure=name, partition=self.partition_id,
                 )
         except OhmError as err:
-            self.failed += 1
-            return _Failure(err)
-        return self._run(proc.name, proc.func, args, redo, proc.read_only)
+            return self._count(_Failure(err))
+        return self._count(self._run(proc.name, proc.func, args, redo, proc.read_only))
 
     def run_fragment(self, fragment: Callable[..., Any], args: tuple) -> Any:
         """Run a read-only fragment of a multi-partition procedure; _Failure on error."""
+        self.fragments += 1
         return self._run(getattr(fragment, "__name__", "fragment"), fragment, tuple(args), [], read_only=True)
 
     def _run(self, name: str, func: Callable[..., Any], args: tuple, redo: list[RedoRecord], read_only: bool) -> Any:
+        """Run ``func(tx, *args)`` atomically: its result, or _Failure after a full rollback."""
         self.txn_seq += 1
         tx = TxContext(self, (self.partition_id << TXN_SEQ_BITS) | self.txn_seq, redo, read_only)
         mark = len(redo)
         try:
-            result = func(tx, *args)
-        except UserAbort as err:
-            tx._rollback(mark)
-            self.aborted += 1
-            return _Failure(err)
+            return func(tx, *args)
         except OhmError as err:
             tx._rollback(mark)
-            self.failed += 1
             return _Failure(err)
         except Exception as exc:  # user code: any exception rolls back
             tx._rollback(mark)
-            self.failed += 1
             return _Failure(_procedure_failed(name, exc))
         except BaseException:
             tx._rollback(mark)
             raise
-        self.committed += 1
-        return result
+
+    def _count(self, outcome: Any) -> Any:
+        if not isinstance(outcome, _Failure):
+            self.committed += 1
+        elif isinstance(outcome.error, UserAbort):
+            self.aborted += 1
+        else:
+            self.failed += 1
+        return outcome
 
     # -- state --------------------------------------------------------------------
 

@@ -1,0 +1,177 @@
+"""The ``ohmdb`` command line: benchmarks, cluster status, shutdown.
+
+Design note
+-----------
+A thin layer over the client and the benchmark runner: parse arguments, show
+progress and tables with ``rich``, write JSON.  Exit codes: 0 on success, 1
+when a benchmark check fails, 2 on bad usage or a typed ohmdb error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table as RichTable
+
+from actors.errors import OhmError
+
+console = Console(stderr=True)
+out = Console()
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ohmdb", description="ohmdb: a transactional in-memory database on Ray actors.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    bench = sub.add_parser("bench", help="run a workload benchmark", description="Run a workload benchmark.")
+    wl = bench.add_subparsers(dest="workload", required=True, metavar="WORKLOAD")
+    v = wl.add_parser("voter", help="VoltDB's voter workload",
+                      description="VoltDB's voter sample: phone-in votes, a vote limit per phone, results per contestant. "
+                                  "Starts a local Ray instance unless --address is given.")
+    v.add_argument("--partitions", type=int, default=2, help="partitions (default 2)")
+    v.add_argument("--clients", type=int, default=4, help="concurrent client threads (default 4)")
+    v.add_argument("--batch", type=int, default=500, help="transactions per call_many batch (default 500)")
+    amount = v.add_mutually_exclusive_group()
+    amount.add_argument("--duration", type=float, metavar="SECONDS", help="run for this long")
+    amount.add_argument("--transactions", type=int, metavar="N", help="run this many transactions (default 20000)")
+    v.add_argument("--seed", type=int, default=1, help="seed of the generated calls (default 1)")
+    v.add_argument("--contestants", type=int, default=6, help="contestants, 1..12 (default 6)")
+    v.add_argument("--max-votes", type=int, default=2, help="votes allowed per phone number (default 2)")
+    v.add_argument("--json", metavar="PATH", help="write the report as JSON here")
+    v.add_argument("--address", help="Ray cluster address ('auto' for a running local one); default: start one")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    st = sub.add_parser("status", help="show a running cluster's map", description="Show a running cluster's map.")
+    st.add_argument("--name", default="ohmdb", help="cluster name (default ohmdb)")
+    st.add_argument("--address", default="auto", help="Ray cluster address (default auto)")
+    st.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    sd = sub.add_parser("shutdown", help="stop a running cluster", description="Stop every actor of a running cluster.")
+    sd.add_argument("--name", default="ohmdb", help="cluster name (default ohmdb)")
+    sd.add_argument("--address", default="auto", help="Ray cluster address (default auto)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "bench":
+            return _bench(args)
+        if args.command == "status":
+            return _status(args)
+        if args.command == "shutdown":
+            return _shutdown(args)
+    except OhmError as err:
+        console.print(f"[red]error:[/red] {err}")
+        return 2
+    except ValueError as err:
+        console.print(f"[red]error:[/red] {err}")
+        return 2
+    return 2
+
+
+# --- bench --------------------------------------------------------------------------------
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from workloads.bench import BenchConfig, run_voter, write_report
+
+    transactions = args.transactions if args.duration is None and args.transactions is not None else None
+    if args.duration is None and transactions is None:
+        transactions = 20_000
+    cfg = BenchConfig(
+        workload=args.workload, partitions=args.partitions, clients=args.clients, batch=args.batch,
+        duration_s=args.duration, transactions=transactions, seed=args.seed,
+        contestants=args.contestants, max_votes=args.max_votes, address=args.address,
+    ).validate()
+    total = cfg.transactions
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn(), console=console, disable=args.quiet, transient=True) as progress:
+        task = progress.add_task("voter", total=total or cfg.duration_s, info="")
+
+        def on_progress(tally: Any, elapsed_s: float) -> None:
+            done = tally.committed + tally.aborted + tally.errors
+            rate = done / elapsed_s if elapsed_s else 0.0
+            progress.update(task, completed=done if total else min(elapsed_s, cfg.duration_s or 0),
+                            info=f"{done:,} txns  {rate:,.0f}/s")
+
+        report = run_voter(cfg, on_progress=on_progress,
+                           on_phase=lambda msg: progress.update(task, description=msg))
+    _print_summary(report)
+    if args.json:
+        write_report(report, args.json)
+        console.print(f"report written to {args.json}")
+    return 0 if report["ok"] else 1
+
+
+def _print_summary(report: dict[str, Any]) -> None:
+    t = RichTable(title=f"ohmdb bench {report['workload']}", show_header=True)
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    lat = report["latency_ms"]
+    rows = [
+        ("partitions / clients / batch", f"{report['config']['partitions']} / {report['config']['clients']} / {report['config']['batch']}"),
+        ("transactions", f"{report['transactions']:,}"),
+        ("committed", f"{report['committed']:,}"),
+        ("aborted (rejected votes)", f"{report['aborted']:,} {report['abort_reasons'] or ''}"),
+        ("errors", f"{report['errors']:,} {report['error_codes'] or ''}"),
+        ("duration", f"{report['duration_s']:.2f} s"),
+        ("throughput", f"{report['throughput_tps']:,.0f} txn/s"),
+        ("latency p50 / p95 / p99 / max", f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f} / {lat['max']:.1f} ms"),
+        ("ceiling (in-process core)", f"{report['ceiling_tps']:,.0f} txn/s"),
+        ("ratio to ceiling", f"{report['ratio_to_ceiling']}"),
+    ]
+    for name, check in report["checks"].items():
+        rows.append((f"check {name}", ("[green]ok[/green] " if check["ok"] else "[red]FAILED[/red] ") + check["detail"]))
+    for name, value in rows:
+        t.add_row(name, value)
+    out.print(t)
+    r = RichTable(title="results", show_header=True)
+    for col in ("contestant", "name", "votes"):
+        r.add_column(col)
+    for row in report["results"]:
+        r.add_row(str(row["contestant_number"]), row["contestant_name"], f"{row['votes']:,}")
+    out.print(r)
+
+
+# --- status / shutdown -------------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace) -> int:
+    from actors.client import Cluster
+
+    db = Cluster.connect(args.name, address=args.address)
+    status = db.status()
+    if args.json:
+        out.print_json(json.dumps(status, default=str))
+        return 0
+    t = RichTable(title=f"cluster {status['name']} (map version {status['map_version']}, k={status['k']})")
+    for col in ("partition", "replica", "role", "epoch", "health", "actor", "node", "pid", "rows", "committed", "aborted", "failed"):
+        t.add_column(col)
+    for r in status["replicas"]:
+        rows = ", ".join(f"{k}={v}" for k, v in r.get("rows", {}).items())
+        t.add_row(str(r["partition"]), str(r["replica"]), r["role"], str(r["epoch"]), r["health"], r["actor_name"],
+                  (r["node_id"] or "?")[:12], str(r["pid"]), rows, str(r.get("committed", "")),
+                  str(r.get("aborted", "")), str(r.get("failed", "")))
+    out.print(t)
+    counts = status["counts"]
+    out.print(f"nodes: {len(status['nodes'])}  replicas ok: {counts['replicas_ok']}/{counts['replicas_total']}  "
+              f"committed: {counts['committed']}  rows: {counts['rows']}")
+    return 0
+
+
+def _shutdown(args: argparse.Namespace) -> int:
+    from actors.client import Cluster
+
+    Cluster.connect(args.name, address=args.address).shutdown()
+    console.print(f"cluster {args.name!r} stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""A small bank schema shared by the integration tests (shipped to actors by value)."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from actors import Schema, Table, procedure
+
+accounts = Table(
+    "accounts",
+    pa.schema([("id", pa.int64()), ("owner", pa.string()), ("balance", pa.int64())]),
+    primary_key=["id"], partition_by="id",
+)
+branches = Table(
+    "branches",
+    pa.schema([("code", pa.string()), ("city", pa.string())]),
+    primary_key="code", replicated=True,
+)
+entries = Table(
+    "entries",
+    pa.schema([("account", pa.int64()), ("seq", pa.int32()), ("amount", pa.int64()), ("small", pa.int8())]),
+    primary_key=["account", "seq"], partition_by="account",
+)
+
+
+@procedure(partition_by="account_id")
+def open_account(tx, account_id: int, owner: str, balance: int = 0) -> int:
+    tx.insert("accounts", {"id": account_id, "owner": owner, "balance": balance})
+    return account_id
+
+
+@procedure(partition_by="account_id")
+def deposit(tx, account_id: int, amount: int) -> int:
+    row = tx.get("accounts", account_id)
+    if row is None:
+        tx.abort(f"no account {account_id}")
+    tx.update("accounts", account_id, {"balance": row["balance"] + amount})
+    return row["balance"] + amount
+
+
+@procedure(partition_by="account_id")
+def withdraw_then_fail(tx, account_id: int, amount: int) -> None:
+    """Writes, then raises: the write must be rolled back."""
+    row = tx.get("accounts", account_id)
+    tx.update("accounts", account_id, {"balance": row["balance"] - amount})
+    raise ValueError(f"simulated failure after withdrawing {amount}")
+
+
+@procedure(partition_by="account_id")
+def raw_insert(tx, account_id: int, row: dict) -> None:
+    """Insert a caller-given row as is (for schema-violation tests)."""
+    tx.insert("accounts", row)
+
+
+@procedure(partition_by="account_id")
+def raw_update(tx, account_id: int, changes: dict) -> None:
+    tx.update("accounts", account_id, changes)
+
+
+@procedure(partition_by="account_id")
+def close_account(tx, account_id: int) -> None:
+    tx.delete("accounts", account_id)
+
+
+@procedure(partition_by="account_id")
+def add_entry(tx, account_id: int, seq: int, amount: int, small: int) -> None:
+    tx.insert("entries", {"account": account_id, "seq": seq, "amount": amount, "small": small})
+
+
+@procedure(partition_by="account_id")
+def branch_city(tx, account_id: int, code: str) -> str | None:
+    row = tx.get("branches", code)
+    return None if row is None else row["city"]
+
+
+@procedure(partition_by="account_id")
+def rename_branch(tx, account_id: int, code: str, city: str) -> None:
+    tx.update("branches", code, {"city": city})
+
+
+@procedure(partition_by="account_id")
+def touch_other_partition(tx, account_id: int, other_id: int) -> None:
+    tx.update("accounts", account_id, {"balance": 0})
+    tx.get("accounts", other_id)
+
+
+def _dump(tx):
+    return {name: tx.scan(name) for name in ("accounts", "entries")}
+
+
+@procedure(multi_partition=True, read_only=True)
+def dump(tx) -> dict:
+    """Every partitioned row, for before/after comparisons."""
+    out = {"accounts": [], "entries": []}
+    for part in tx.run_all(_dump):
+        for name, rows in part.items():
+            out[name].extend(rows)
+    for rows in out.values():
+        rows.sort(key=lambda r: tuple(r.values()))
+    return out
+
+
+@procedure(multi_partition=True, read_only=True)
+def total_balance(tx) -> int:
+    return sum(tx.run_all(lambda t: sum(r["balance"] for r in t.scan("accounts"))))
+
+
+def schema() -> Schema:
+    return Schema(
+        tables=[accounts, branches, entries],
+        procedures=[open_account, deposit, withdraw_then_fail, raw_insert, raw_update, close_account,
+                    add_entry, branch_city, rename_branch, touch_other_partition, dump, total_balance],
+    )
+
+
+BRANCHES = [{"code": "AMS", "city": "Amsterdam"}, {"code": "OSL", "city": "Oslo"}, {"code": "LIS", "city": "Lisbon"}]
