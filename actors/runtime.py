@@ -148,12 +148,17 @@ def get(ref: Any, timeout_s: float | None = None, what: str = "call") -> Any:
 
 def get_each(refs: list[Any], timeout_s: float | None, what: str = "call") -> list[Any]:
     """Wait for all refs up to one shared deadline; each result or its typed error."""
-    if refs:
-        ray.wait(refs, num_returns=len(refs), timeout=timeout_s, fetch_local=True)
+    if not refs:
+        return []
+    ready_refs, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s, fetch_local=True)
+    finished = set(ready_refs)
     out: list[Any] = []
     for ref in refs:
+        if ref not in finished:
+            out.append(Timeout(f"{what}: no answer within {timeout_s} s; the outcome is unknown", timeout_s=timeout_s))
+            continue
         try:
-            out.append(get(ref, timeout_s=0 if timeout_s is not None else None, what=what))
+            out.append(get(ref, what=what))
         except OhmError as err:
             out.append(err)
     return out

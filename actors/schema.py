@@ -191,7 +191,7 @@ class Table:
 
     def check_row(self, row: Any) -> dict[str, Any]:
         """A validated, normalized copy of a full row."""
-        if not isinstance(row, Mapping):
+        if type(row) is not dict and not isinstance(row, Mapping):
             raise SchemaViolation(f"table {self.name!r}: a row must be a dict, got {type(row).__name__}", table=self.name)
         if row.keys() != self._column_set:
             self._explain_columns(row.keys(), full=True)
@@ -199,7 +199,7 @@ class Table:
 
     def check_changes(self, changes: Any) -> dict[str, Any]:
         """A validated copy of a partial row for update (no primary-key columns)."""
-        if not isinstance(changes, Mapping):
+        if type(changes) is not dict and not isinstance(changes, Mapping):
             raise SchemaViolation(f"table {self.name!r}: changes must be a dict, got {type(changes).__name__}", table=self.name)
         if not changes.keys() <= self._column_set:
             self._explain_columns(changes.keys(), full=False)

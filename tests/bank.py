@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pyarrow as pa
 
 from actors import Schema, Table, procedure
@@ -84,6 +86,12 @@ def touch_other_partition(tx, account_id: int, other_id: int) -> None:
     tx.get("accounts", other_id)
 
 
+@procedure(partition_by="account_id")
+def slow_deposit(tx, account_id: int, amount: int, seconds: float) -> int:
+    time.sleep(seconds)
+    return deposit(tx, account_id, amount)
+
+
 def _dump(tx):
     return {name: tx.scan(name) for name in ("accounts", "entries")}
 
@@ -109,7 +117,7 @@ def schema() -> Schema:
     return Schema(
         tables=[accounts, branches, entries],
         procedures=[open_account, deposit, withdraw_then_fail, raw_insert, raw_update, close_account,
-                    add_entry, branch_city, rename_branch, touch_other_partition, dump, total_balance],
+                    add_entry, branch_city, rename_branch, touch_other_partition, slow_deposit, dump, total_balance],
     )
 
 

@@ -13,9 +13,10 @@ import pytest
 from actors import Cluster, Schema, Table, procedure
 from actors.errors import (
     BatchTooLarge, ClusterExists, ClusterNotFound, DuplicateKey, InvalidArguments, InvalidConfig,
-    KeyNotFound, OhmError, ProcedureFailed, ReadOnlyViolation, SchemaViolation, UnknownProcedure,
+    KeyNotFound, OhmError, PartitionUnavailable, ProcedureFailed, Timeout, ReadOnlyViolation, SchemaViolation, UnknownProcedure,
     UserAbort, WrongPartition,
 )
+from actors import runtime
 from actors.routing import partition_of
 from tests import bank
 
@@ -258,5 +259,31 @@ def test_table_without_procedures_and_an_inline_schema(ray_address):
     try:
         assert db.call("setv", 1, 2) == 2.0  # an int is accepted for a float column and stored as float
         assert isinstance(db.call("setv", 1, 2), float)
+    finally:
+        db.shutdown()
+
+
+def test_a_call_that_outlives_its_timeout_reports_unknown_outcome(db):
+    before = db.call("deposit", 9, 0)
+    with pytest.raises(Timeout, match="outcome is unknown") as info:
+        db.call("slow_deposit", 9, 1, 1.5, timeout_s=0.3)
+    assert info.value.not_applied is False
+    # The partition finishes the slow transaction, then serves the next one in order.
+    assert db.call("deposit", 9, 0) == before + 1
+
+
+def test_a_dead_partition_answers_partition_unavailable_and_others_serve(ray_address):
+    db = Cluster.create(bank.schema(), partitions=2, name="test-dead-partition")
+    try:
+        on = {partition_of(i, 2): i for i in range(10)}
+        db.call_many("open_account", [(on[0], "zero"), (on[1], "one")])
+        runtime.kill(runtime.find("test-dead-partition:p0:r0"))
+        out = db.call_many("deposit", [(on[0], 1), (on[1], 1)])
+        assert isinstance(out[0], PartitionUnavailable) and out[0].details["partition"] == 0
+        assert out[1] == 1
+        with pytest.raises(PartitionUnavailable, match="partition 0"):
+            db.call("deposit", on[0], 1)
+        health = {r["partition"]: r["health"] for r in db.status()["replicas"]}
+        assert health == {0: "unreachable", 1: "ok"}
     finally:
         db.shutdown()
