@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--batch", type=int, default=500, help="transactions per call_many batch (default 500)")
     amount = v.add_mutually_exclusive_group()
     amount.add_argument("--duration", type=float, metavar="SECONDS", help="run for this long")
-    amount.add_argument("--transactions", type=int, metavar="N", help="run this many transactions (default 20000)")
+    amount.add_argument("--transactions", type=int, metavar="N", help="run this many transactions (default 200000)")
     v.add_argument("--seed", type=int, default=1, help="seed of the generated calls (default 1)")
     v.add_argument("--contestants", type=int, default=6, help="contestants, 1..12 (default 6)")
     v.add_argument("--max-votes", type=int, default=2, help="votes allowed per phone number (default 2)")
@@ -79,11 +79,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from workloads.bench import BenchConfig, run_voter, write_report
+    from workloads.bench import TRANSACTIONS_DEFAULT, BenchConfig, run_voter, write_report
 
-    transactions = args.transactions if args.duration is None and args.transactions is not None else None
+    transactions = args.transactions
     if args.duration is None and transactions is None:
-        transactions = 20_000
+        transactions = TRANSACTIONS_DEFAULT
     cfg = BenchConfig(
         workload=args.workload, partitions=args.partitions, clients=args.clients, batch=args.batch,
         duration_s=args.duration, transactions=transactions, seed=args.seed,

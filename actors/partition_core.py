@@ -54,7 +54,7 @@ class BatchOutcome:
 class TxContext:
     """What a procedure sees: get / insert / update / upsert / delete / scan / abort."""
 
-    __slots__ = ("_core", "_undo", "_redo", "_txn_id", "_read_only")
+    __slots__ = ("_core", "_undo", "_redo", "_txn_id", "_read_only", "_ended")
 
     def __init__(self, core: "PartitionCore", txn_id: int, redo: list[RedoRecord], read_only: bool) -> None:
         self._core = core
@@ -62,6 +62,7 @@ class TxContext:
         self._redo = redo
         self._txn_id = txn_id
         self._read_only = read_only
+        self._ended = False
 
     @property
     def partition(self) -> int:
@@ -79,14 +80,15 @@ class TxContext:
         t, rows = self._core._table(table)
         key = self._core._own_key(t, key)
         row = rows.get(key)
-        return None if row is None else dict(row)
+        return None if row is None else t.copy_row(row)
 
     def scan(self, table: str, predicate: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
         """Every row of ``table`` in this partition (that satisfies ``predicate``)."""
-        _, rows = self._core._table(table)
+        t, rows = self._core._table(table)
+        copies = (t.copy_row(r) for r in rows.values())
         if predicate is None:
-            return [dict(r) for r in rows.values()]
-        return [dict(r) for r in rows.values() if predicate(r)]
+            return list(copies)
+        return [r for r in copies if predicate(r)]
 
     def count(self, table: str) -> int:
         """Rows of ``table`` in this partition."""
@@ -112,7 +114,7 @@ class TxContext:
             raise KeyNotFound(f"table {table!r}: no row with key {key!r} to update", table=table, key=repr(key))
         new = {**old, **t.check_changes(changes)}
         self._write(t.name, rows, key, new, UPDATE)
-        return dict(new)
+        return t.copy_row(new)
 
     def upsert(self, table: str, row: dict[str, Any]) -> None:
         """Insert the row, or replace the row with the same primary key."""
@@ -136,6 +138,8 @@ class TxContext:
     # -- internals ----------------------------------------------------------------
 
     def _writable(self, table: str) -> tuple[Table, dict]:
+        if self._ended:
+            raise ReadOnlyViolation(f"table {table!r}: this transaction has ended; its context cannot write", table=table)
         t, rows = self._core._table(table)
         if self._read_only:
             raise ReadOnlyViolation(f"table {table!r}: this transaction is read-only", table=table)
@@ -209,8 +213,8 @@ class PartitionCore:
 
     def execute(self, name: str, args: Any, redo: list[RedoRecord]) -> Any:
         """Run one transaction; its redo goes to ``redo``; a failure is returned as _Failure."""
-        proc = self.schema.procedures.get(name)
         try:
+            proc = self.schema.procedures.get(name) if isinstance(name, str) else None
             if proc is None:
                 raise UnknownProcedure(
                     f"unknown procedure {name!r}; known: {sorted(self.schema.procedures)}", procedure=str(name)
@@ -254,6 +258,8 @@ class PartitionCore:
         except BaseException:
             tx._rollback(mark)
             raise
+        finally:
+            tx._ended = True
 
     def _count(self, outcome: Any) -> Any:
         if not isinstance(outcome, _Failure):

@@ -23,6 +23,7 @@ two-phase-commit coordinator exists they must be ``read_only``.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import decimal
 import inspect
@@ -81,14 +82,31 @@ def _instance_checker(kinds: tuple[type, ...], what: str, exclude: tuple[type, .
 
 
 def _generic_checker(t: pa.DataType) -> Checker:
+    """pyarrow decides (decimals' precision and scale, nested types, ...).
+
+    Nested values (lists, structs, maps) are stored as deep copies, so a
+    procedure that keeps a reference cannot change storage behind undo/redo.
+    """
+    nested = is_nested(t)
+    if pa.types.is_decimal(t):
+        plain: tuple[type, ...] = (decimal.Decimal,)
+    else:
+        plain = ()
+
     def check(v: Any) -> Any:
+        if plain and not isinstance(v, plain):
+            raise _Bad(f"expected a decimal.Decimal for {t}")
         try:
             pa.scalar(v, type=t)
         except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
             raise _Bad(f"not convertible to {t}: {exc}") from None
-        return v
+        return copy.deepcopy(v) if nested else v
 
     return check
+
+
+def is_nested(t: pa.DataType) -> bool:
+    return pa.types.is_nested(t)
 
 
 def checker_for(t: pa.DataType) -> Checker:
@@ -107,8 +125,6 @@ def checker_for(t: pa.DataType) -> Checker:
         return _instance_checker((_dt.datetime,), "a datetime.datetime")
     if pa.types.is_date(t):
         return _instance_checker((_dt.date,), "a datetime.date", exclude=(_dt.datetime,))
-    if pa.types.is_decimal(t):
-        return _instance_checker((decimal.Decimal,), "a decimal.Decimal")
     return _generic_checker(t)
 
 
@@ -164,6 +180,7 @@ class Table:
         self._column_set = frozenset(columns)
         self._checkers: dict[str, Checker] = {f.name: checker_for(f.type) for f in schema}
         self._nullable: dict[str, bool] = {f.name: (f.nullable and f.name not in pk) for f in schema}
+        self._nested = frozenset(f.name for f in schema if is_nested(f.type))
         self._pk_index = {col: i for i, col in enumerate(self.primary_key)}
         self._partition_pos = None if partition_by is None else self._pk_index[partition_by]
 
@@ -225,6 +242,12 @@ class Table:
                 f"table {self.name!r}: missing column(s) {missing} (give None for a nullable column)",
                 table=self.name, column=missing[0],
             )
+
+    def copy_row(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy safe to hand to user code (nested values copied too)."""
+        if not self._nested:
+            return dict(row)
+        return {c: copy.deepcopy(v) if c in self._nested else v for c, v in row.items()}
 
     # -- keys -----------------------------------------------------------------
 
@@ -350,7 +373,7 @@ def procedure(
     """
 
     def wrap(f: Callable[..., Any]) -> Procedure:
-        pname = name or f.__name__
+        pname = f.__name__ if name is None else name
         _check_name("procedure", pname)
         sig = inspect.signature(f)
         ps = list(sig.parameters.values())

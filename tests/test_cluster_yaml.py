@@ -227,6 +227,3 @@ def test_setup_installs_the_local_ray_version(raw: dict[str, Any]) -> None:
     assert ray_reqs[0].specifier.contains(ray.__version__), (ray_reqs[0], ray.__version__)
     assert any(r.name == "pyarrow" for r in reqs)
 
-
-def test_nothing_started_ray() -> None:
-    assert not ray.is_initialized()

@@ -32,6 +32,7 @@ MODEL_SETTINGS = settings(
     max_examples=120, deadline=None, derandomize=True, database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
+REPLAY_SETTINGS = settings(MODEL_SETTINGS, max_examples=80)
 
 # --- schema ------------------------------------------------------------------------
 
@@ -285,8 +286,9 @@ single_op_calls = st.one_of(
     st.tuples(st.just("kv_get"), st.tuples(kv_ids)),
     st.tuples(st.just("transfer"), st.tuples(regions, acct_ids, acct_ids, st.integers(0, 8))),
 )
-# Half are multi-write scripts (st.one_of would flatten the branches and weigh each alike).
-calls = st.booleans().flatmap(lambda use_script: script_calls if use_script else single_op_calls)
+# st.one_of flattens nested one_ofs and picks each branch alike: listing the scripts
+# three times (as distinct strategy objects) makes a third of the calls multi-write scripts.
+calls = st.one_of(script_calls, script_calls.map(tuple), script_calls.map(list), single_op_calls)
 batches = st.lists(st.lists(calls, max_size=8), min_size=1, max_size=6)
 
 
@@ -333,7 +335,7 @@ def test_random_transactions_match_the_copy_on_begin_model(batch_list):
         assert {r.op for r in out.redo} <= {INSERT, UPDATE, DELETE}
 
 
-@MODEL_SETTINGS
+@REPLAY_SETTINGS
 @given(batches)
 def test_redo_replay_reproduces_the_leader(batch_list):
     leader, follower = new_core(), new_core()
@@ -349,7 +351,7 @@ def test_redo_replay_reproduces_the_leader(batch_list):
     assert all("__poison__" not in row for rows in leader.tables.values() for row in rows.values())
 
 
-@MODEL_SETTINGS
+@REPLAY_SETTINGS
 @given(batches)
 def test_redo_replay_of_all_batches_at_once_onto_a_loaded_follower(batch_list):
     """Replaying the concatenated redo onto a core that got the same initial load."""
@@ -864,9 +866,8 @@ def predicate_mutates(tx, p: int):
     tx.abort("look only")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: TxContext.scan passes the stored row itself to the predicate "
-                                       "(partition_core.py, scan), so a predicate can change storage outside undo/redo")
 def test_scan_predicate_cannot_change_storage(core):
+    """Regression (found at 5786c2a): scan passed the stored row itself to the predicate."""
     c = PartitionCore(Schema([KV, ACCT, REF, TYPED], [predicate_mutates]), 0, 1)
     c.load("kv", core.tables["kv"].values())
     before = copy.deepcopy(c.tables)
@@ -879,33 +880,70 @@ def test_scan_predicate_cannot_change_storage(core):
 def append_tag_then_abort(tx, p: int):
     row = tx.get("typed", 1)
     row["tags"].append(99)
+    for r in tx.scan("typed"):
+        r["tags"].append(98)
     tx.abort("changed my mind")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: rows are copied shallowly (tx.get returns dict(row)), so a list "
-                                       "value is shared with storage and an aborted transaction leaves a trace")
+@procedure(partition_by="p")
+def keep_list_after_insert(tx, p: int):
+    tags = [5]
+    tx.insert("typed", typed(id=3, tags=tags))
+    tags.append(6)
+    changed = tx.update("typed", 3, {"name": "m"})
+    changed["tags"].append(7)
+    return tx.get("typed", 3)["tags"]
+
+
 def test_nested_values_handed_out_are_copies(core):
-    c = PartitionCore(Schema([KV, ACCT, REF, TYPED], [append_tag_then_abort]), 0, 1)
+    """Regression (found at 5786c2a): rows were copied shallowly, so a list value was shared
+    with storage and an aborted transaction left a trace."""
+    c = PartitionCore(Schema([KV, ACCT, REF, TYPED], [append_tag_then_abort, keep_list_after_insert]), 0, 1)
     c.load("typed", core.tables["typed"].values())
-    out = c.execute_batch([("append_tag_then_abort", (0,))])
+    out = c.execute_batch([("append_tag_then_abort", (0,)), ("keep_list_after_insert", (0,))])
     assert type(out.errors[0]) is UserAbort
     assert c.tables["typed"][1]["tags"] == [1]
+    assert out.errors.keys() == {0}
+    assert out.results[1] == [5]
+    assert c.tables["typed"][3]["tags"] == [5]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: PartitionCore.execute looks the procedure up outside its try "
-                                       "(partition_core.py, `proc = self.schema.procedures.get(name)`), so an "
-                                       "unhashable name raises TypeError out of execute_batch after earlier "
-                                       "transactions of the batch have committed")
 def test_unhashable_procedure_name_is_a_typed_error_not_a_crash():
+    """Regression (found at 5786c2a): the procedure lookup sat outside execute's try, so an
+    unhashable name raised TypeError out of execute_batch after earlier transactions of the
+    batch had committed (their redo was lost with the outcome)."""
     core = new_core()
-    out = core.execute_batch([("kv_insert", (1, 1)), (["kv_insert"], (2, 2))])
-    assert out.errors.keys() == {1}
-    assert isinstance(out.errors[1], (UnknownProcedure, InvalidArguments))
+    out = core.execute_batch([("kv_insert", (1, 1)), (["kv_insert"], (2, 2)), ({"a": 1}, ()), ("kv_get", (1,))])
+    assert out.errors.keys() == {1, 2}
+    assert all(isinstance(out.errors[i], (UnknownProcedure, InvalidArguments)) for i in (1, 2))
+    assert out.results[3] == {"id": 1, "val": 1, "note": None}
     assert [r.key for r in out.redo] == [1]
+    assert core.counters() == {"committed": 2, "aborted": 0, "failed": 2}
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the decimal checker (schema.py, checker_for -> _instance_checker) "
-                                       "accepts any Decimal, ignoring the column's precision and scale")
-def test_decimal_that_does_not_fit_the_column_is_refused(core):
-    assert_refused(core, ("script", (0, [GOOD_FIRST, ("insert", "typed", typed(price=decimal.Decimal("12345.678")))],
-                                     "commit")), SchemaViolation)
+@pytest.mark.parametrize("price", [decimal.Decimal("12345.678"), decimal.Decimal("1000.00"), decimal.Decimal("0.001")])
+def test_decimal_that_does_not_fit_the_column_is_refused(core, price):
+    """Regression (found at 5786c2a): any Decimal was accepted, whatever the precision and scale."""
+    assert_refused(core, ("script", (0, [GOOD_FIRST, ("insert", "typed", typed(price=price))], "commit")),
+                   SchemaViolation, "'price'", column="price")
+
+
+@pytest.mark.parametrize("price", [decimal.Decimal("999.99"), decimal.Decimal("-1.5"), decimal.Decimal("0")])
+def test_decimal_that_fits_the_column_is_accepted(price):
+    core = new_core()
+    core.load("typed", [typed(price=price)])
+    assert core.tables["typed"][2]["price"] == price
+
+
+def test_a_context_kept_past_its_transaction_cannot_write():
+    kept = []
+
+    @procedure(partition_by="id")
+    def leak(tx, id: int):
+        kept.append(tx)
+
+    core = PartitionCore(Schema([KV], [leak]), 0, 1)
+    assert not is_failure(core.execute("leak", (1,), []))
+    with pytest.raises(ReadOnlyViolation, match="has ended"):
+        kept[0].insert("kv", {"id": 1, "val": 1, "note": None})
+    assert core.tables["kv"] == {}

@@ -40,6 +40,8 @@ from workloads import voter
 
 #: Transactions the ceiling measurement runs (fewer if the run itself is shorter).
 CEILING_TXNS_MAX = 50_000
+#: Transactions of a run when neither a count nor a duration is given.
+TRANSACTIONS_DEFAULT = 200_000
 #: How often the progress display refreshes.
 PROGRESS_REFRESH_S = 0.25
 
@@ -51,7 +53,7 @@ class BenchConfig:
     clients: int = 4
     batch: int = 500
     duration_s: float | None = None
-    transactions: int | None = 20_000
+    transactions: int | None = TRANSACTIONS_DEFAULT
     seed: int = 1
     contestants: int = voter.CONTESTANTS_DEFAULT
     max_votes: int = voter.MAX_VOTES_DEFAULT
@@ -241,6 +243,7 @@ def run_voter(cfg: BenchConfig, on_progress: Callable[[LoadTally, float], None] 
     db = Cluster.create(voter.schema(), partitions=cfg.partitions, name=name,
                         initial_data=voter.initial_data(cfg.contestants))
     try:
+        db.call("results")  # warm-up: every partition has answered once before the clock starts
         phase("running the load")
         tally, elapsed = run_load(db, cfg, on_progress)
         phase("checking results")

@@ -1,0 +1,145 @@
+"""Arrow encoding of redo batches: one record batch per group commit.
+
+Design note
+-----------
+A log batch is an Arrow record batch with one row per redo record:
+
+``lsn`` (uint64), ``epoch`` (uint64), ``txn_id`` (int64), ``op`` (string:
+INSERT / UPDATE / DELETE), ``table`` (string), then one nullable struct column
+per table of the schema, named after the table, holding the row's after-image
+(INSERT, UPDATE) or only its primary-key columns (DELETE).  Every other table
+column of that row is null.  So a segment is a plain Arrow IPC stream that
+pyarrow, DuckDB, Polars or pandas read as is.
+
+Each batch carries custom metadata: ``first_lsn``, ``epoch``, ``records`` and
+``crc32`` (CRC-32 of the batch's IPC message body, the bytes on disk).  The
+writer computes it before writing; the reader recomputes it from the raw
+message before decoding, and checks that LSNs run on without a gap.
+
+``LogCodec`` is pure: batches in, records out.  Files live in ``segments``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any, Iterable
+
+import pyarrow as pa
+
+from actors.errors import InvalidConfig
+from actors.schema import Schema, Table
+from recovery.redo import DELETE, OPS, RedoRecord
+
+FORMAT_VERSION = "1"
+META_FIRST_LSN = b"first_lsn"
+META_EPOCH = b"epoch"
+META_RECORDS = b"records"
+META_CRC = b"crc32"
+HEADER_COLUMNS = ("lsn", "epoch", "txn_id", "op", "table")
+
+
+class CorruptBatch(Exception):
+    """A log batch failed validation (CRC, LSN continuity, shape)."""
+
+
+def log_schema(schema: Schema) -> pa.Schema:
+    fields = [
+        pa.field("lsn", pa.uint64(), nullable=False),
+        pa.field("epoch", pa.uint64(), nullable=False),
+        pa.field("txn_id", pa.int64(), nullable=False),
+        pa.field("op", pa.string(), nullable=False),
+        pa.field("table", pa.string(), nullable=False),
+    ]
+    for t in schema.tables.values():
+        if t.name in HEADER_COLUMNS:
+            raise InvalidConfig(f"table name {t.name!r} collides with a log column {HEADER_COLUMNS}", table=t.name)
+        fields.append(pa.field(t.name, pa.struct([f.with_nullable(True) for f in t.schema]), nullable=True))
+    return pa.schema(fields, metadata={b"ohmdb.log_format": FORMAT_VERSION.encode()})
+
+
+def body_crc(batch: pa.RecordBatch) -> int:
+    """CRC-32 of the IPC message body the writer will put on disk for ``batch``."""
+    return zlib.crc32(pa.ipc.read_message(batch.serialize()).body)
+
+
+class LogCodec:
+    """Records <-> Arrow record batches for one schema."""
+
+    def __init__(self, schema: Schema) -> None:
+        self.schema = schema
+        self.arrow_schema = log_schema(schema)
+        self._tables: dict[str, Table] = dict(schema.tables)
+
+    def encode(self, records: list[RedoRecord], first_lsn: int, epoch: int) -> tuple[pa.RecordBatch, dict[bytes, bytes]]:
+        """The batch for ``records`` numbered from ``first_lsn``, and its metadata."""
+        n = len(records)
+        columns: dict[str, list[Any]] = {name: [None] * n for name in self._tables}
+        for i, rec in enumerate(records):
+            image = rec.row if rec.op != DELETE else self._key_image(rec.table, rec.key)
+            columns[rec.table][i] = image
+        arrays = [
+            pa.array(range(first_lsn, first_lsn + n), type=pa.uint64()),
+            pa.array([epoch] * n, type=pa.uint64()),
+            pa.array([r.txn_id for r in records], type=pa.int64()),
+            pa.array([r.op for r in records], type=pa.string()),
+            pa.array([r.table for r in records], type=pa.string()),
+        ]
+        for name in self._tables:
+            arrays.append(pa.array(columns[name], type=self.arrow_schema.field(name).type))
+        batch = pa.RecordBatch.from_arrays(arrays, schema=self.arrow_schema)
+        meta = {
+            META_FIRST_LSN: str(first_lsn).encode(),
+            META_EPOCH: str(epoch).encode(),
+            META_RECORDS: str(n).encode(),
+            META_CRC: str(body_crc(batch)).encode(),
+        }
+        return batch, meta
+
+    def decode(self, batch: pa.RecordBatch) -> list[RedoRecord]:
+        """Records of a validated batch."""
+        cols = batch.to_pydict()
+        out = []
+        for i in range(batch.num_rows):
+            table, op = cols["table"][i], cols["op"][i]
+            t = self._tables.get(table)
+            if t is None or op not in OPS:
+                raise CorruptBatch(f"record lsn={cols['lsn'][i]}: unknown table {table!r} or op {op!r}")
+            image = cols[table][i]
+            if image is None:
+                raise CorruptBatch(f"record lsn={cols['lsn'][i]}: no row image for table {table!r}")
+            key = t.key_of(image)
+            out.append(RedoRecord(cols["txn_id"][i], op, table, key, None if op == DELETE else image))
+        return out
+
+    def _key_image(self, table: str, key: Any) -> dict[str, Any]:
+        t = self._tables[table]
+        values = (key,) if len(t.primary_key) == 1 else key
+        return dict(zip(t.primary_key, values))
+
+
+def check_batch(batch: pa.RecordBatch, meta: dict[bytes, bytes] | None, raw_body: Any, expected_lsn: int | None) -> tuple[int, int, int]:
+    """Validate one batch read from disk; (first_lsn, epoch, records) or CorruptBatch."""
+    if not meta or META_CRC not in meta:
+        raise CorruptBatch("batch has no ohmdb metadata")
+    try:
+        first_lsn = int(meta[META_FIRST_LSN])
+        epoch = int(meta[META_EPOCH])
+        count = int(meta[META_RECORDS])
+        crc = int(meta[META_CRC])
+    except (KeyError, ValueError) as exc:
+        raise CorruptBatch(f"unreadable batch metadata: {exc}") from None
+    if zlib.crc32(raw_body) != crc:
+        raise CorruptBatch(f"CRC mismatch in batch at lsn {first_lsn}")
+    if batch.num_rows != count:
+        raise CorruptBatch(f"batch at lsn {first_lsn} has {batch.num_rows} records, metadata says {count}")
+    if expected_lsn is not None and first_lsn != expected_lsn:
+        raise CorruptBatch(f"LSN gap: expected {expected_lsn}, batch starts at {first_lsn}")
+    lsns = batch.column("lsn")
+    if count and (lsns[0].as_py() != first_lsn or lsns[count - 1].as_py() != first_lsn + count - 1):
+        raise CorruptBatch(f"batch at lsn {first_lsn}: lsn column does not run {first_lsn}..{first_lsn + count - 1}")
+    return first_lsn, epoch, count
+
+
+def iter_batch_records(batches: Iterable[pa.RecordBatch], codec: LogCodec) -> Iterable[RedoRecord]:
+    for batch in batches:
+        yield from codec.decode(batch)
