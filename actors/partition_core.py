@@ -272,8 +272,8 @@ class PartitionCore:
 
     # -- state --------------------------------------------------------------------
 
-    def load(self, table: str, rows: Iterable[dict[str, Any]]) -> int:
-        """Bulk-insert validated rows (initial data); all or nothing."""
+    def load(self, table: str, rows: Iterable[dict[str, Any]], redo: list[RedoRecord] | None = None) -> int:
+        """Bulk-insert validated rows (initial data); all or nothing; INSERT records go to ``redo``."""
         t, stored = self._table(table)
         staged: dict[Any, dict[str, Any]] = {}
         for row in rows:
@@ -283,7 +283,18 @@ class PartitionCore:
                 raise DuplicateKey(f"table {table!r}: duplicate primary key {key!r} in loaded data", table=table, key=repr(key))
             staged[key] = clean
         stored.update(staged)
+        if redo is not None:
+            redo.extend(RedoRecord(0, INSERT, table, key, row) for key, row in staged.items())
         return len(staged)
+
+    def restore(self, rows_by_table: dict[str, list[dict[str, Any]]]) -> None:
+        """Replace all state with these rows (a snapshot being loaded)."""
+        for name, t in self.schema.tables.items():
+            self.tables[name] = {t.key_of(r): r for r in rows_by_table.get(name, [])}
+
+    def state_copy(self) -> dict[str, list[dict[str, Any]]]:
+        """A consistent copy of all rows, cheap: stored rows are never mutated in place."""
+        return {name: list(rows.values()) for name, rows in self.tables.items()}
 
     def apply_redo(self, records: Iterable[RedoRecord]) -> None:
         """Apply redo records produced by a leader (follower / recovery path)."""

@@ -12,9 +12,10 @@ column of that row is null.  So a segment is a plain Arrow IPC stream that
 pyarrow, DuckDB, Polars or pandas read as is.
 
 Each batch carries custom metadata: ``first_lsn``, ``epoch``, ``records`` and
-``crc32`` (CRC-32 of the batch's IPC message body, the bytes on disk).  The
-writer computes it before writing; the reader recomputes it from the raw
-message before decoding, and checks that LSNs run on without a gap.
+``crc32`` (CRC-32 of the batch's IPC message without its custom metadata:
+header and body).  The writer computes it before writing; the reader
+recomputes it from the batch it decoded, and checks that LSNs run on without
+a gap.
 
 ``LogCodec`` is pure: batches in, records out.  Files live in ``segments``.
 """
@@ -57,9 +58,14 @@ def log_schema(schema: Schema) -> pa.Schema:
     return pa.schema(fields, metadata={b"ohmdb.log_format": FORMAT_VERSION.encode()})
 
 
-def body_crc(batch: pa.RecordBatch) -> int:
-    """CRC-32 of the IPC message body the writer will put on disk for ``batch``."""
-    return zlib.crc32(pa.ipc.read_message(batch.serialize()).body)
+def batch_crc(batch: pa.RecordBatch) -> int:
+    """CRC-32 of the batch's IPC message (header and body, without custom metadata).
+
+    The reader recomputes it from the batch it decoded, so a flipped bit in the
+    message header (buffer offsets, lengths, null counts) is caught as well as
+    one in the data.
+    """
+    return zlib.crc32(batch.serialize())
 
 
 class LogCodec:
@@ -91,7 +97,7 @@ class LogCodec:
             META_FIRST_LSN: str(first_lsn).encode(),
             META_EPOCH: str(epoch).encode(),
             META_RECORDS: str(n).encode(),
-            META_CRC: str(body_crc(batch)).encode(),
+            META_CRC: str(batch_crc(batch)).encode(),
         }
         return batch, meta
 
@@ -117,7 +123,7 @@ class LogCodec:
         return dict(zip(t.primary_key, values))
 
 
-def check_batch(batch: pa.RecordBatch, meta: dict[bytes, bytes] | None, raw_body: Any, expected_lsn: int | None) -> tuple[int, int, int]:
+def check_batch(batch: pa.RecordBatch, meta: dict[bytes, bytes] | None, expected_lsn: int | None) -> tuple[int, int, int]:
     """Validate one batch read from disk; (first_lsn, epoch, records) or CorruptBatch."""
     if not meta or META_CRC not in meta:
         raise CorruptBatch("batch has no ohmdb metadata")
@@ -128,7 +134,7 @@ def check_batch(batch: pa.RecordBatch, meta: dict[bytes, bytes] | None, raw_body
         crc = int(meta[META_CRC])
     except (KeyError, ValueError) as exc:
         raise CorruptBatch(f"unreadable batch metadata: {exc}") from None
-    if zlib.crc32(raw_body) != crc:
+    if batch_crc(batch) != crc:
         raise CorruptBatch(f"CRC mismatch in batch at lsn {first_lsn}")
     if batch.num_rows != count:
         raise CorruptBatch(f"batch at lsn {first_lsn} has {batch.num_rows} records, metadata says {count}")

@@ -1,0 +1,212 @@
+"""The Arrow redo log, snapshots and recovery, on real files (no Ray)."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+
+import pyarrow as pa
+import pytest
+
+from actors.partition_core import PartitionCore
+from recovery.log_format import LogCodec
+from recovery.redo import DELETE, INSERT, UPDATE, RedoRecord
+from recovery.replay import LOG_DIR, SNAPSHOT_DIR, RecoveryFailed, recover_replica
+from recovery.segments import QUARANTINE_DIR, LogWriteFailed, SegmentWriter, list_segments, read_log
+from recovery.snapshots import list_snapshots, prune_snapshots, write_snapshot
+from tests import bank
+
+SCHEMA = bank.schema()
+
+
+def _records(txn: int, rng: random.Random) -> list[RedoRecord]:
+    """A few redo records of one transaction over accounts/entries."""
+    acct = rng.randrange(20)
+    out = [RedoRecord(txn, rng.choice([INSERT, UPDATE]), "accounts", acct,
+                      {"id": acct, "owner": f"o{acct}", "balance": rng.randrange(1000)})]
+    if rng.random() < 0.5:
+        out.append(RedoRecord(txn, INSERT, "entries", (acct, txn), {"account": acct, "seq": txn, "amount": txn, "small": 1}))
+    if rng.random() < 0.2:
+        out.append(RedoRecord(txn, DELETE, "accounts", rng.randrange(20), None))
+    return out
+
+
+def _write_log(directory: str, batches: int, seed: int = 1, segment_bytes_max: int = 1 << 30,
+               next_lsn: int = 1) -> list[list[RedoRecord]]:
+    codec = LogCodec(SCHEMA)
+    writer = SegmentWriter(os.path.join(directory, LOG_DIR), codec, next_lsn, segment_bytes_max)
+    rng = random.Random(seed)
+    written = []
+    for b in range(batches):
+        recs = [r for t in range(3) for r in _records(b * 10 + t + 1, rng)]
+        batch, meta = codec.encode(recs, writer.next_lsn, epoch=1)
+        writer.append(batch, meta)
+        writer.flush()
+        written.append(recs)
+    writer.close()
+    return written
+
+
+def _state_after(batches: list[list[RedoRecord]]) -> dict:
+    core = PartitionCore(SCHEMA, 0, 1)
+    for recs in batches:
+        core.apply_redo(recs)
+    return core.tables
+
+
+def _recover(directory: str) -> tuple[PartitionCore, object]:
+    core = PartitionCore(SCHEMA, 0, 1)
+    report = recover_replica(directory, core, LogCodec(SCHEMA))
+    return core, report
+
+
+def test_round_trip_through_segments(tmp_path):
+    written = _write_log(str(tmp_path), 30, segment_bytes_max=4096)
+    assert len(list_segments(str(tmp_path / LOG_DIR))) > 1  # rotation happened
+    core, report = _recover(str(tmp_path))
+    assert core.tables == _state_after(written)
+    assert report.records_replayed == sum(map(len, written)) and report.cut == []
+    assert report.next_lsn == sum(map(len, written)) + 1
+
+
+def test_segments_are_plain_arrow_streams(tmp_path):
+    written = _write_log(str(tmp_path), 5)
+    (_, path), = list_segments(str(tmp_path / LOG_DIR))
+    with open(path, "rb") as f:
+        table = pa.ipc.open_stream(f).read_all()   # stock pyarrow, no ohmdb reader
+    assert table.num_rows == sum(map(len, written))
+    assert table.column("lsn").to_pylist() == list(range(1, table.num_rows + 1))
+    first = written[0][0]
+    assert table.column("op")[0].as_py() == first.op and table.column("table")[0].as_py() == "accounts"
+    assert table.column("accounts")[0].as_py() == first.row
+
+
+def test_writer_refuses_a_gap_and_stays_failed_after_an_fsync_error(tmp_path):
+    codec = LogCodec(SCHEMA)
+
+    def full_disk_fsync(fd):
+        raise OSError(28, "No space left on device")
+
+    writer = SegmentWriter(str(tmp_path), codec, 1, fsync=full_disk_fsync)
+    batch, meta = codec.encode(_records(1, random.Random(1)), 5, epoch=1)
+    with pytest.raises(LogWriteFailed, match="expects 1"):
+        writer.append(batch, meta)
+    batch, meta = codec.encode(_records(1, random.Random(1)), 1, epoch=1)
+    writer.append(batch, meta)
+    with pytest.raises(LogWriteFailed, match="No space left"):
+        writer.flush()
+    assert writer.flushed_lsn == 0
+    batch, meta = codec.encode(_records(2, random.Random(2)), writer.next_lsn, epoch=1)
+    with pytest.raises(LogWriteFailed, match="failed since an earlier error"):
+        writer.append(batch, meta)
+    with pytest.raises(LogWriteFailed):
+        writer.flush()
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_torn_tail_at_a_random_offset_keeps_a_valid_prefix(tmp_path, seed):
+    written = _write_log(str(tmp_path), 12, seed=seed)
+    (_, path), = list_segments(str(tmp_path / LOG_DIR))
+    size = os.path.getsize(path)
+    cut_at = random.Random(seed).randrange(1, size)
+    with open(path, "r+b") as f:
+        f.truncate(cut_at)
+    core, report = _recover(str(tmp_path))
+    kept = report.log_batches
+    assert core.tables == _state_after(written[:kept])
+    assert kept < len(written) or cut_at >= size - 8
+    if kept < len(written):
+        assert report.cut and os.listdir(tmp_path / LOG_DIR / QUARANTINE_DIR)
+    # Recovery again finds the same state and nothing more to cut; appending continues the LSNs.
+    core2, report2 = _recover(str(tmp_path))
+    assert core2.tables == core.tables and report2.cut == []
+    more = _write_log(str(tmp_path), 2, seed=99, next_lsn=report2.next_lsn)
+    core3, report3 = _recover(str(tmp_path))
+    assert core3.tables == _state_after(written[:kept] + more) and report3.cut == []
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_flipped_byte_is_detected_and_never_applied(tmp_path, seed):
+    written = _write_log(str(tmp_path), 10, seed=seed)
+    (_, path), = list_segments(str(tmp_path / LOG_DIR))
+    rng = random.Random(1000 + seed)
+    with open(path, "r+b") as f:
+        data = bytearray(f.read())
+        pos = rng.randrange(len(data))
+        data[pos] ^= 1 << rng.randrange(8)
+        f.seek(0)
+        f.write(data)
+    core, report = _recover(str(tmp_path))
+    kept = report.log_batches
+    # Whatever was kept is exactly a prefix of what was written: nothing garbled got in.
+    assert core.tables == _state_after(written[:kept])
+    if kept < len(written):
+        assert report.cut
+
+
+def test_snapshot_then_log_and_fallback_to_an_older_snapshot(tmp_path):
+    written = _write_log(str(tmp_path), 10)
+    lsns, total = [], 0
+    for recs in written:
+        total += len(recs)
+        lsns.append(total)
+    snap_dir = str(tmp_path / SNAPSHOT_DIR)
+    for upto in (4, 7):
+        state = _state_after(written[:upto])
+        write_snapshot(snap_dir, SCHEMA, lsns[upto - 1], 1, {n: list(r.values()) for n, r in state.items()})
+    expected = _state_after(written)
+    core, report = _recover(str(tmp_path))
+    assert core.tables == expected and report.snapshot_lsn == lsns[6]
+    assert report.records_replayed == total - lsns[6]
+    # Corrupt the newest snapshot: the older one plus a longer log gives the same state.
+    newest = list_snapshots(snap_dir)[-1][1]
+    with open(os.path.join(newest, "accounts.arrow"), "r+b") as f:
+        data = bytearray(f.read())
+        data[len(data) // 2] ^= 0x5A
+        f.seek(0)
+        f.write(data)
+    core, report = _recover(str(tmp_path))
+    assert core.tables == expected and report.snapshot_lsn == lsns[3] and report.snapshots_skipped
+    # Delete it: same again.
+    shutil.rmtree(newest)
+    core, report = _recover(str(tmp_path))
+    assert core.tables == expected and report.snapshot_lsn == lsns[3]
+
+
+def test_replay_is_idempotent_by_lsn(tmp_path):
+    written = _write_log(str(tmp_path), 6)
+    state = _state_after(written)
+    write_snapshot(str(tmp_path / SNAPSHOT_DIR), SCHEMA, sum(map(len, written)), 1,
+                   {n: list(r.values()) for n, r in state.items()})
+    core, report = _recover(str(tmp_path))
+    assert core.tables == state and report.records_replayed == 0 and report.records_skipped > 0
+    core2, _ = _recover(str(tmp_path))
+    assert core2.tables == state
+
+
+def test_a_log_gap_after_the_snapshot_refuses_to_guess(tmp_path):
+    _write_log(str(tmp_path), 3)
+    segs = list_segments(str(tmp_path / LOG_DIR))
+    _write_log(str(tmp_path), 3, seed=5, next_lsn=100)
+    os.remove(segs[0][1])  # records 1..n are gone, and no snapshot covers them
+    with pytest.raises(RecoveryFailed, match="jumps from lsn 0 to 100"):
+        _recover(str(tmp_path))
+
+
+def test_prune_keeps_the_newest_snapshots(tmp_path):
+    for lsn in (3, 5, 9):
+        write_snapshot(str(tmp_path), SCHEMA, lsn, 1, {})
+    assert prune_snapshots(str(tmp_path), keep=2) == 5
+    assert [lsn for lsn, _ in list_snapshots(str(tmp_path))] == [5, 9]
+
+
+def test_read_log_without_repair_reports_but_moves_nothing(tmp_path):
+    _write_log(str(tmp_path), 4)
+    (_, path), = list_segments(str(tmp_path / LOG_DIR))
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) - 3)
+    before = os.path.getsize(path)
+    scan = read_log(str(tmp_path / LOG_DIR), LogCodec(SCHEMA), lambda *a: None, repair=False)
+    assert scan.cut and os.path.getsize(path) == before
+    assert not os.path.exists(tmp_path / LOG_DIR / QUARANTINE_DIR)
