@@ -42,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=1, help="seed of the generated calls (default 1)")
     v.add_argument("--contestants", type=int, default=6, help="contestants, 1..12 (default 6)")
     v.add_argument("--max-votes", type=int, default=2, help="votes allowed per phone number (default 2)")
+    v.add_argument("--durability", choices=["sync", "async", "off"], default="sync",
+                   help="sync: fsync before acknowledging (default); async: fsync every 200 ms; off: memory only")
+    v.add_argument("--data-dir", metavar="DIR", help="keep the database here (default: a temporary directory, removed after)")
     v.add_argument("--json", metavar="PATH", help="write the report as JSON here")
     v.add_argument("--address", help="Ray cluster address ('auto' for a running local one); default: start one")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -88,6 +91,7 @@ def _bench(args: argparse.Namespace) -> int:
         workload=args.workload, partitions=args.partitions, clients=args.clients, batch=args.batch,
         duration_s=args.duration, transactions=transactions, seed=args.seed,
         contestants=args.contestants, max_votes=args.max_votes, address=args.address,
+        durability=args.durability, data_dir=args.data_dir,
     ).validate()
     total = cfg.transactions
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
@@ -116,6 +120,7 @@ def _print_summary(report: dict[str, Any]) -> None:
     lat = report["latency_ms"]
     rows = [
         ("partitions / clients / batch", f"{report['config']['partitions']} / {report['config']['clients']} / {report['config']['batch']}"),
+        ("durability (fsyncs)", f"{report['cluster']['durability']} ({report['cluster']['fsyncs']:,})"),
         ("transactions", f"{report['transactions']:,}"),
         ("committed", f"{report['committed']:,}"),
         ("aborted (rejected votes)", f"{report['aborted']:,} {report['abort_reasons'] or ''}"),

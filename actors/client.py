@@ -21,7 +21,10 @@ takes them over.
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
+import uuid
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import pyarrow as pa
@@ -35,6 +38,7 @@ from actors.errors import (
 from actors.routing import partition_of
 from actors.schema import Procedure, Schema
 from actors.supervisor import Supervisor
+from recovery.catalog import check_compatible, read_catalog, write_catalog
 from recovery.cluster_map import supervisor_name
 
 _OUR_PACKAGES = ("actors", "recovery", "workloads")
@@ -129,8 +133,7 @@ class ScatterContext:
         return self._gather(list(range(self.partitions)), fragment, args)
 
     def _gather(self, partitions: list[int], fragment: Callable[..., Any], args: tuple) -> list[Any]:
-        leaders = self._cluster._leaders
-        refs = [runtime.submit(leaders[p], "run_fragment", fragment, args) for p in partitions]
+        refs = [self._cluster._submit(p, "run_fragment", fragment, args) for p in partitions]
         out = []
         for p, answer in zip(partitions, runtime.get_each(refs, self._cluster.config.call_timeout_s, "run_fragment")):
             if isinstance(answer, ActorDied):
@@ -153,7 +156,17 @@ class Cluster:
         self._supervisor = supervisor
         self._leaders: list[Any] = []
         self._map_version = 0
+        self._client_id = uuid.uuid4().hex
+        self._seq = [0] * config.partitions
+        self._submit_lock = threading.Lock()
         self._refresh_routing()
+
+    def _submit(self, partition: int, method: str, *args: Any) -> Any:
+        """Send a call to a partition leader, numbered so the replica runs our calls in order."""
+        with self._submit_lock:
+            seq = self._seq[partition]
+            self._seq[partition] = seq + 1
+            return runtime.submit(self._leaders[partition], method, self._client_id, seq, *args)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -165,16 +178,32 @@ class Cluster:
         name: str = "ohmdb",
         *,
         initial_data: Mapping[str, pa.Table | Sequence[Mapping[str, Any]]] | None = None,
-        batch_txns_max: int | None = None,
-        call_timeout_s: float | None = None,
+        data_dir: str | None = None,
+        durability: str | None = None,
         address: str | None = None,
+        **settings: Any,
     ) -> "Cluster":
-        """Start a new cluster named ``name`` (Ray is started locally when not connected)."""
+        """Start a cluster named ``name`` (Ray is started locally when not connected).
+
+        With ``data_dir`` the database is durable (``durability="sync"`` by
+        default; ``"async"`` or ``"off"``); if ``data_dir`` already holds a
+        database of this schema it is recovered and ``initial_data`` is not
+        loaded again.  ``settings`` are further ``ClusterConfig`` fields
+        (``batch_txns_max``, ``call_timeout_s``, ``flush_interval_ms``, ...).
+        """
         if not isinstance(schema, Schema):
             raise InvalidConfig(f"Cluster.create needs a Schema, got {type(schema).__name__}")
-        overrides = {k: v for k, v in (("batch_txns_max", batch_txns_max), ("call_timeout_s", call_timeout_s)) if v is not None}
-        config = ClusterConfig(name=name, partitions=partitions, **overrides).validate()
+        known = set(ClusterConfig.__dataclass_fields__) - {"name", "partitions", "data_dir", "durability"}
+        unknown = sorted(set(settings) - known)
+        if unknown:
+            raise InvalidConfig(f"unknown Cluster.create setting(s) {unknown}; known: {sorted(known)}")
+        if data_dir is not None:
+            data_dir = os.path.abspath(os.path.expanduser(data_dir))
+        config = ClusterConfig(name=name, partitions=partitions, data_dir=data_dir, durability=durability,
+                               **{k: v for k, v in settings.items() if v is not None}).validate()
         data = _check_initial_data(schema, initial_data or {})
+        if data_dir is not None and _open_data_dir(data_dir, config, schema):
+            data = {}  # recovering: the tables already hold their data
         runtime.connect(address)
         _ship_procedures_by_value(schema)
         try:
@@ -262,10 +291,20 @@ class Cluster:
                 continue
             by_partition.setdefault(p, []).append(i)
         groups = [
-            (p, idx, runtime.submit(self._leaders[p], "execute_batch", [(proc.name, batch[i]) for i in idx]))
+            (p, idx, self._submit(p, "execute_batch", [(proc.name, batch[i]) for i in idx]))
             for p, idx in by_partition.items()
         ]
         return BatchFuture(self, len(batch), groups, errors, timeout)
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Snapshot every partition now; their manifests (LSN, row counts, checksums)."""
+        refs = [runtime.submit(leader, "snapshot") for leader in self._leaders]
+        out = []
+        for p, answer in enumerate(runtime.get_each(refs, self.config.call_timeout_s, what="snapshot")):
+            if isinstance(answer, OhmError):
+                raise answer
+            out.append({"partition": p, **answer})
+        return out
 
     def load(self, table: str, rows: pa.Table | Sequence[Mapping[str, Any]]) -> int:
         """Bulk-insert rows into a partitioned table (all rows validated first)."""
@@ -309,7 +348,7 @@ class Cluster:
             groups = {}
             for row in rows:
                 groups.setdefault(partition_of(row[t.partition_by], self.partitions), []).append(row)
-        refs = [runtime.submit(self._leaders[p], "load", table, part) for p, part in groups.items()]
+        refs = [self._submit(p, "load", table, part) for p, part in groups.items()]
         loaded = 0
         for answer in runtime.get_each(refs, self.config.call_timeout_s, what="load"):
             if isinstance(answer, OhmError):
@@ -322,6 +361,18 @@ class Cluster:
 
 
 CONNECT_TIMEOUT_S = 30.0
+
+
+def _open_data_dir(data_dir: str, config: ClusterConfig, schema: Schema) -> bool:
+    """Check or create the catalog; True when ``data_dir`` already holds this database."""
+    catalog = read_catalog(data_dir)
+    if catalog is None:
+        if os.path.isdir(data_dir) and any(not n.startswith(".") for n in os.listdir(data_dir)):
+            raise InvalidConfig(f"data_dir {data_dir} is not empty and holds no ohmdb catalog", setting="data_dir")
+        write_catalog(data_dir, config.name, config.partitions, 1, schema)
+        return False
+    check_compatible(catalog, config.partitions, schema, data_dir)
+    return True
 
 
 def _check_initial_data(schema: Schema, data: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:

@@ -15,6 +15,8 @@ from typing import Any
 
 from actors.errors import InvalidConfig
 from actors.partition_core import BATCH_TXNS_MAX
+from recovery.group_commit import FLUSH_INTERVAL_MS, MODES, OFF, SYNC
+from recovery.segments import SEGMENT_BYTES_MAX
 
 PARTITIONS_MAX = 1024
 CLUSTER_NAME_CHARS_MAX = 64
@@ -22,6 +24,8 @@ CLUSTER_NAME_CHARS_MAX = 64
 CALL_TIMEOUT_S = 60.0
 #: How long control calls (ping, status) may take before the replica counts as unreachable.
 CONTROL_TIMEOUT_S = 5.0
+#: Log written since the last snapshot that triggers a new one.
+SNAPSHOT_LOG_BYTES = 256 * 1024 * 1024
 #: How long the supervisor waits for a new actor to answer its first ping.
 SPAWN_TIMEOUT_S = 120.0
 
@@ -36,9 +40,38 @@ class ClusterConfig:
     call_timeout_s: float = CALL_TIMEOUT_S
     control_timeout_s: float = CONTROL_TIMEOUT_S
     spawn_timeout_s: float = SPAWN_TIMEOUT_S
+    data_dir: str | None = None
+    durability: str | None = None          # None: "sync" with a data_dir, "off" without
+    flush_interval_ms: int = FLUSH_INTERVAL_MS
+    snapshot_log_bytes: int = SNAPSHOT_LOG_BYTES
+    segment_bytes_max: int = SEGMENT_BYTES_MAX
+
+    @property
+    def durability_mode(self) -> str:
+        if self.durability is not None:
+            return self.durability
+        return SYNC if self.data_dir else OFF
 
     def validate(self) -> "ClusterConfig":
         validate_cluster_name(self.name)
+        if self.durability is not None and self.durability not in MODES:
+            raise InvalidConfig(f"durability must be one of {list(MODES)}, got {self.durability!r}", setting="durability")
+        if self.durability_mode != OFF and not self.data_dir:
+            raise InvalidConfig(
+                f"durability {self.durability_mode!r} needs data_dir=PATH (or durability='off' for memory only)",
+                setting="data_dir",
+            )
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise InvalidConfig(f"data_dir must be a path string, got {type(self.data_dir).__name__}", setting="data_dir")
+        _positive_int("flush_interval_ms", self.flush_interval_ms, 60_000)
+        _positive_int("segment_bytes_max", self.segment_bytes_max, 1 << 34)
+        _positive_int("snapshot_log_bytes", self.snapshot_log_bytes, 1 << 40)
+        if self.snapshot_log_bytes < self.segment_bytes_max:
+            raise InvalidConfig(
+                f"snapshot_log_bytes ({self.snapshot_log_bytes}) must be at least segment_bytes_max "
+                f"({self.segment_bytes_max}), or every segment would trigger a snapshot",
+                setting="snapshot_log_bytes",
+            )
         _positive_int("partitions", self.partitions, PARTITIONS_MAX)
         _positive_int("batch_txns_max", self.batch_txns_max, 1_000_000)
         for field in ("call_timeout_s", "control_timeout_s", "spawn_timeout_s"):
@@ -54,6 +87,15 @@ class ClusterConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def replica_settings(self) -> dict[str, Any]:
+        """What a partition replica needs to know, with the durability mode resolved."""
+        return {
+            "batch_txns_max": self.batch_txns_max, "call_timeout_s": self.call_timeout_s,
+            "data_dir": self.data_dir, "durability": self.durability_mode,
+            "flush_interval_ms": self.flush_interval_ms, "snapshot_log_bytes": self.snapshot_log_bytes,
+            "segment_bytes_max": self.segment_bytes_max,
+        }
 
 
 def _positive_int(field: str, value: Any, maximum: int) -> None:

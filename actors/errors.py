@@ -156,6 +156,16 @@ class PartitionUnavailable(OhmError):
     not_applied = False
 
 
+class LogWriteFailed(OhmError):
+    """The replica could not make the batch durable (disk full, I/O error).
+
+    The replica stops acknowledging anything; the outcome of this batch is unknown.
+    """
+
+    code = "LOG_WRITE_FAILED"
+    not_applied = False
+
+
 class Timeout(OhmError):
     """No answer in time: the transaction may or may not have taken effect."""
 

@@ -1,66 +1,187 @@
-"""The partition replica actor: a thin shell that moves messages to its core.
+"""The partition replica actor: a thin async shell around the core and its redo log.
 
 Design note
 -----------
 ``PartitionReplica`` is what ``runtime.spawn`` turns into a Ray actor.  It owns
-a ``PartitionCore`` and does nothing the core could do: it unpacks a batch,
-runs it, and packs the outcome.  Transaction methods run in Ray's default
-group, one call at a time in arrival order (so a caller's batches apply in the
-order it sent them); ``ping`` and ``status`` run in the control group and only
-read counters, so they answer while a long batch executes.
+a ``PartitionCore`` and a ``RedoLog`` and does no protocol work itself:
 
-Wire format of ``execute_batch``: in ``[(procedure, args), ...]``, out
-``(results, errors, batch_error)`` where ``errors`` maps a batch index to its
-typed error and ``batch_error`` is set when the batch as a whole was refused.
+1. ``Sequencer.turn`` puts a client's calls in the order it sent them.
+2. The core runs the batch (no ``await`` inside, so one batch at a time).
+3. The batch's redo records are encoded and written to the log at once.
+4. ``await log.durable(...)`` -- in ``sync`` mode the call returns only after an
+   fsync covered everything written so far (including what this batch read),
+   and batches written during one fsync share the next (group commit).
+
+Start-up with a data directory recovers the replica (snapshot + log replay,
+``recovery.replay``) before it serves.  When the log written since the last
+snapshot passes ``snapshot_log_bytes``, the replica copies its state (a list
+of row references -- rows are never mutated in place) and a background thread
+writes the snapshot and truncates the log.  ``ping``/``status`` run in the
+control group and only read counters.
+
+Wire format of ``execute_batch``: in ``(client, seq, [(procedure, args), ...])``,
+out ``(results, errors, batch_error)``; ``errors`` maps a batch index to its
+typed error; ``batch_error`` is set when the batch as a whole failed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
+import threading
 import time
 from typing import Any, Callable
 
 from actors import runtime
-from actors.errors import OhmError
+from actors.errors import LogWriteFailed, OhmError
 from actors.partition_core import PartitionCore, is_failure
 from actors.schema import Schema
+from actors.sequencer import Sequencer
+from recovery import segments
+from recovery.catalog import replica_dir
+from recovery.group_commit import OFF, RedoLog
+from recovery.log_format import LogCodec
+from recovery.replay import LOG_DIR, SNAPSHOT_DIR, RecoveryReport, recover_replica
+from recovery.snapshots import prune_snapshots, write_snapshot
+
+log = logging.getLogger("ohmdb.partition")
 
 
 class PartitionReplica:
     def __init__(self, cluster: str, schema: Schema, partition: int, partitions: int,
-                 replica: int, epoch: int, batch_txns_max: int) -> None:
+                 replica: int, epoch: int, config: dict[str, Any]) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         self.cluster = cluster
         self.replica = replica
         self.epoch = epoch
         self.role = "leader"
-        self.core = PartitionCore(schema, partition, partitions, batch_txns_max)
+        self.config = config
+        self.core = PartitionCore(schema, partition, partitions, config["batch_txns_max"])
+        self.codec = LogCodec(schema)
+        self.sequencer = Sequencer(wait_s=config["call_timeout_s"])
         self.started_at = time.time()
         self.identity = runtime.own_identity()
+        self.recovery: RecoveryReport | None = None
+        self.snapshots_taken = 0
+        self.last_snapshot: dict[str, Any] | None = None
+        self._snapshot_thread: threading.Thread | None = None
+        self._bytes_at_snapshot = 0
+        self.directory = None if not config.get("data_dir") else replica_dir(config["data_dir"], partition, replica)
+        next_lsn = 1
+        writer = None
+        if self.directory is not None:
+            self.recovery = recover_replica(self.directory, self.core, self.codec)
+            next_lsn = self.recovery.next_lsn
+        if config["durability"] != OFF:
+            writer = segments.SegmentWriter(os.path.join(self.directory, LOG_DIR), self.codec, next_lsn,
+                                            config["segment_bytes_max"])
+        self.log = RedoLog(config["durability"], self.codec, writer, next_lsn, config["flush_interval_ms"])
 
-    # -- transactions (default group: serial) -----------------------------------------
+    # -- transactions (default group: ordered per client, executed one at a time) ------------
 
-    def execute_batch(self, calls: list[tuple[str, tuple]]) -> tuple[list[Any], dict[int, OhmError], OhmError | None]:
+    async def execute_batch(self, client: str, seq: int, calls: list[tuple[str, tuple]]) -> tuple[list[Any], dict[int, OhmError], OhmError | None]:
+        await self.sequencer.turn(client, seq)
+        if self.log.failed is not None:
+            return [], {}, self._log_failed(self.log.failed)
         try:
             out = self.core.execute_batch(calls)
         except OhmError as err:
             return [], {}, err
+        batch_error = await self._make_durable(out.redo)
+        if batch_error is not None:
+            return [], {}, batch_error
         return out.results, out.errors, None
 
-    def run_fragment(self, fragment: Callable[..., Any], args: tuple) -> tuple[Any, OhmError | None]:
+    async def run_fragment(self, client: str, seq: int, fragment: Callable[..., Any], args: tuple) -> tuple[Any, OhmError | None]:
+        await self.sequencer.turn(client, seq)
         result = self.core.run_fragment(fragment, args)
+        err = await self._make_durable([])  # reads only what is durable (sync mode)
+        if err is not None:
+            return None, err
         return (None, result.error) if is_failure(result) else (result, None)
 
-    def load(self, table: str, rows: list[dict[str, Any]]) -> tuple[int, OhmError | None]:
+    async def load(self, client: str, seq: int, table: str, rows: list[dict[str, Any]]) -> tuple[int, OhmError | None]:
+        await self.sequencer.turn(client, seq)
+        redo: list = []
         try:
-            return self.core.load(table, rows), None
+            n = self.core.load(table, rows, redo)
         except OhmError as err:
             return 0, err
+        err = await self._make_durable(redo)
+        return (0, err) if err is not None else (n, None)
 
-    # -- control group ------------------------------------------------------------------
+    async def snapshot(self) -> dict[str, Any]:
+        """Take a snapshot now (after everything written so far); its manifest."""
+        if self.directory is None:
+            return {"skipped": "no data_dir: nothing to snapshot to"}
+        thread = self._start_snapshot()
+        while thread.is_alive():
+            await asyncio.sleep(0.005)
+        return self.last_snapshot or {}
 
-    def ping(self) -> dict[str, Any]:
+    async def _make_durable(self, redo: list) -> OhmError | None:
+        try:
+            self.log.append(redo, self.epoch)
+            await self.log.durable(self.log.written_lsn)
+        except segments.LogWriteFailed as exc:
+            return self._log_failed(exc)
+        self._maybe_snapshot()
+        return None
+
+    def _log_failed(self, exc: BaseException) -> LogWriteFailed:
+        return LogWriteFailed(
+            f"partition {self.core.partition_id} replica {self.replica}: the redo log failed ({exc}); "
+            "this replica acknowledges nothing more and the outcome of this batch is unknown",
+            partition=self.core.partition_id, replica=self.replica, cause=str(exc),
+        )
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def _maybe_snapshot(self) -> None:
+        writer = self.log.writer
+        if writer is None or self.directory is None:
+            return
+        if writer.bytes_written - self._bytes_at_snapshot < self.config["snapshot_log_bytes"]:
+            return
+        if self._snapshot_thread is not None and self._snapshot_thread.is_alive():
+            return
+        self._start_snapshot()
+
+    def _start_snapshot(self) -> threading.Thread:
+        if self._snapshot_thread is not None and self._snapshot_thread.is_alive():
+            return self._snapshot_thread
+        started = time.perf_counter()
+        state = self.core.state_copy()
+        lsn = self.log.written_lsn
+        copy_s = time.perf_counter() - started
+        self._bytes_at_snapshot = self.log.writer.bytes_written if self.log.writer else 0
+        self._snapshot_thread = threading.Thread(
+            target=self._write_snapshot, args=(state, lsn, copy_s), name="ohmdb-snapshot", daemon=True,
+        )
+        self._snapshot_thread.start()
+        return self._snapshot_thread
+
+    def _write_snapshot(self, state: dict[str, list[dict[str, Any]]], lsn: int, copy_s: float) -> None:
+        snap_dir = os.path.join(self.directory, SNAPSHOT_DIR)
+        try:
+            manifest = write_snapshot(snap_dir, self.core.schema, lsn, self.epoch, state)
+            oldest_kept = prune_snapshots(snap_dir)
+            removed = self.log.writer.delete_segments_before(oldest_kept) if oldest_kept and self.log.writer else []
+            self.snapshots_taken += 1
+            self.last_snapshot = {**manifest, "copy_s": round(copy_s, 6), "segments_deleted": len(removed)}
+            log.info("snapshot lsn=%d copy=%.4fs write=%.3fs segments deleted=%d",
+                     lsn, copy_s, manifest.get("write_s", 0.0), len(removed))
+        except Exception as exc:  # a failed snapshot loses nothing: the log still holds everything
+            log.error("snapshot at lsn %d failed: %s", lsn, exc)
+            self.last_snapshot = {"lsn": lsn, "error": str(exc)}
+
+    # -- control group ------------------------------------------------------------------------
+
+    async def ping(self) -> dict[str, Any]:
         return {"partition": self.core.partition_id, "replica": self.replica, "epoch": self.epoch}
 
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
         return {
             "partition": self.core.partition_id,
             "replica": self.replica,
@@ -70,4 +191,23 @@ class PartitionReplica:
             "uptime_s": round(time.time() - self.started_at, 3),
             "rows": self.core.row_counts(),
             **self.core.counters(),
+            "durability": self.log.mode,
+            "written_lsn": self.log.written_lsn,
+            "durable_lsn": self.log.durable_lsn,
+            "flushes": self.log.flushes,
+            "log_failed": None if self.log.failed is None else str(self.log.failed),
+            "snapshots_taken": self.snapshots_taken,
+            "last_snapshot": self.last_snapshot,
+            "recovery": None if self.recovery is None else self.recovery.to_dict(),
         }
+
+    async def inject_fault(self, kind: str) -> bool:
+        """Test hook: make the next fsync fail (``kind='fsync'``), as a full disk would."""
+        if kind != "fsync" or self.log.writer is None:
+            return False
+
+        def broken_fsync(fd: int) -> None:
+            raise OSError(28, "No space left on device (injected)")
+
+        self.log.writer._fsync = broken_fsync
+        return True

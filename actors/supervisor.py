@@ -45,7 +45,7 @@ class Supervisor:
         for rep in self.map.replicas:
             self.handles[rep.actor_name] = runtime.spawn(
                 PartitionReplica, rep.actor_name, cfg.name, self.schema, rep.partition, cfg.partitions,
-                rep.replica, rep.epoch, cfg.batch_txns_max, node_id=rep.node_id,
+                rep.replica, rep.epoch, cfg.replica_settings(), node_id=rep.node_id,
             )
         log.info("phase=await-ready cluster=%s", cfg.name)
         refs = [runtime.submit(self.handles[r.actor_name], "status", control=True) for r in self.map.replicas]
@@ -79,8 +79,11 @@ class Supervisor:
             if isinstance(answer, OhmError):
                 entry.update(health="unreachable", error=answer.code)
             else:
-                entry.update(health="ok", rows=answer["rows"], committed=answer["committed"],
-                             aborted=answer["aborted"], failed=answer["failed"])
+                entry.update(health="ok" if not answer["log_failed"] else "log-failed", **{
+                    k: answer[k] for k in ("rows", "committed", "aborted", "failed", "durability", "written_lsn",
+                                           "durable_lsn", "flushes", "log_failed", "snapshots_taken",
+                                           "last_snapshot", "recovery")
+                })
             replicas.append(entry)
         return {
             "name": self.config.name,
@@ -110,7 +113,7 @@ class Supervisor:
 
 def _totals(replicas: list[dict[str, Any]], replicated: set[str]) -> dict[str, Any]:
     """Sums over serving leaders; a replicated table counts one copy."""
-    leaders = [r for r in replicas if r["role"] == "leader" and r["health"] == "ok"]
+    leaders = [r for r in replicas if r["role"] == "leader" and "rows" in r]
     rows: dict[str, int] = {}
     for r in leaders:
         for table, n in r["rows"].items():

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -66,7 +67,12 @@ class LogWriteFailed(Exception):
 
 
 class SegmentWriter:
-    """Appends batches to the newest segment; ``flush`` makes them durable."""
+    """Appends batches to the newest segment; ``flush`` makes them durable.
+
+    ``append`` (the executing thread) and ``flush`` (a flusher thread) may run
+    at once: ``flush`` fsyncs a duplicate of the current file descriptor taken
+    under the lock, so a segment rotation cannot close it underneath.
+    """
 
     def __init__(self, directory: str, codec: LogCodec, next_lsn: int,
                  segment_bytes_max: int = SEGMENT_BYTES_MAX, fsync: Callable[[int], None] = os.fsync) -> None:
@@ -75,58 +81,68 @@ class SegmentWriter:
         self.next_lsn = next_lsn
         self.segment_bytes_max = segment_bytes_max
         self._fsync = fsync
+        self._lock = threading.Lock()
         self._file: Any = None
         self._writer: pa.ipc.RecordBatchStreamWriter | None = None
         self._path: str | None = None
         self.failed: BaseException | None = None
         self.written_lsn = next_lsn - 1   # last LSN handed to the OS
         self.flushed_lsn = next_lsn - 1   # last LSN known durable
-        self.bytes_since_snapshot = 0
+        self.bytes_written = 0
         os.makedirs(directory, exist_ok=True)
 
     def append(self, batch: pa.RecordBatch, meta: dict[bytes, bytes]) -> int:
         """Write one encoded batch (numbered from ``next_lsn``); its last LSN."""
-        if self.failed is not None:
-            raise LogWriteFailed(f"log is failed since an earlier error: {self.failed}")
-        first = int(meta[b"first_lsn"])
-        if first != self.next_lsn:
-            raise LogWriteFailed(f"batch starts at lsn {first}, log expects {self.next_lsn}")
-        try:
-            if self._writer is None:
-                self._open(first)
-            before = self._file.tell()
-            self._writer.write_batch(batch, custom_metadata=meta)
-            written = self._file.tell() - before
-        except BaseException as exc:
-            self.failed = exc
-            raise LogWriteFailed(f"write to {self._path} failed: {exc}") from exc
-        self.next_lsn = first + batch.num_rows
-        self.written_lsn = self.next_lsn - 1
-        self.bytes_since_snapshot += written
-        if self._file.tell() >= self.segment_bytes_max:
-            self._close_segment()
-        return self.written_lsn
+        with self._lock:
+            self._check_ok()
+            first = int(meta[b"first_lsn"])
+            if first != self.next_lsn:
+                raise LogWriteFailed(f"batch starts at lsn {first}, log expects {self.next_lsn}")
+            try:
+                if self._writer is None:
+                    self._open(first)
+                before = self._file.tell()
+                self._writer.write_batch(batch, custom_metadata=meta)
+                self.bytes_written += self._file.tell() - before
+                self.next_lsn = first + batch.num_rows
+                self.written_lsn = self.next_lsn - 1
+                if self._file.tell() >= self.segment_bytes_max:
+                    self._close_segment()
+            except LogWriteFailed:
+                raise
+            except BaseException as exc:
+                self.failed = exc
+                raise LogWriteFailed(f"write to {self._path} failed: {exc}") from exc
+            return self.written_lsn
 
     def flush(self) -> int:
-        """fsync everything written; the LSN now durable."""
-        if self.failed is not None:
-            raise LogWriteFailed(f"log is failed since an earlier error: {self.failed}")
-        target = self.written_lsn
-        if target <= self.flushed_lsn or self._file is None:
-            self.flushed_lsn = max(self.flushed_lsn, target)
-            return self.flushed_lsn
+        """fsync everything written so far; the LSN now durable."""
+        with self._lock:
+            self._check_ok()
+            target = self.written_lsn
+            if target <= self.flushed_lsn or self._file is None:
+                self.flushed_lsn = max(self.flushed_lsn, target)
+                return self.flushed_lsn
+            fd = os.dup(self._file.fileno())
         try:
-            self._fsync(self._file.fileno())
+            self._fsync(fd)
         except BaseException as exc:
             self.failed = exc
             raise LogWriteFailed(f"fsync of {self._path} failed: {exc}") from exc
-        self.flushed_lsn = target
-        return target
+        finally:
+            os.close(fd)
+        with self._lock:
+            self.flushed_lsn = max(self.flushed_lsn, target)
+            return self.flushed_lsn
 
     def close(self) -> None:
-        if self._writer is not None and self.failed is None:
-            self.flush()
-            self._close_segment()
+        with self._lock:
+            if self._writer is not None and self.failed is None:
+                self._close_segment()
+
+    def _check_ok(self) -> None:
+        if self.failed is not None:
+            raise LogWriteFailed(f"log is failed since an earlier error: {self.failed}")
 
     def _open(self, first_lsn: int) -> None:
         self._path = os.path.join(self.directory, segment_name(first_lsn))
@@ -135,11 +151,12 @@ class SegmentWriter:
         fsync_dir(self.directory)
 
     def _close_segment(self) -> None:
+        """Seal the current segment (caller holds the lock): fsync, end-of-stream, fsync, close."""
         self._fsync(self._file.fileno())
-        self.flushed_lsn = self.written_lsn
-        self._writer.close()  # writes the end-of-stream marker
+        self._writer.close()
         self._fsync(self._file.fileno())
         self._file.close()
+        self.flushed_lsn = self.written_lsn
         self._writer = self._file = None
 
     def delete_segments_before(self, lsn: int) -> list[str]:
@@ -147,7 +164,7 @@ class SegmentWriter:
         segments = list_segments(self.directory)
         removed = []
         for (first, path), nxt in zip(segments, segments[1:]):
-            if nxt[0] <= lsn and path != self._path:
+            if nxt[0] <= lsn + 1 and path != self._path:
                 os.remove(path)
                 removed.append(path)
         if removed:

@@ -25,6 +25,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -57,6 +59,8 @@ class BenchConfig:
     seed: int = 1
     contestants: int = voter.CONTESTANTS_DEFAULT
     max_votes: int = voter.MAX_VOTES_DEFAULT
+    durability: str = "sync"
+    data_dir: str | None = None      # None: a temporary directory, removed after the run
     address: str | None = None
 
     def validate(self) -> "BenchConfig":
@@ -71,6 +75,8 @@ class BenchConfig:
             raise ValueError("--duration must be positive")
         if self.transactions is not None and self.transactions < 1:
             raise ValueError("--transactions must be at least 1")
+        if self.durability not in ("sync", "async", "off"):
+            raise ValueError(f"--durability must be sync, async or off, got {self.durability!r}")
         return self
 
 
@@ -240,8 +246,23 @@ def run_voter(cfg: BenchConfig, on_progress: Callable[[LoadTally, float], None] 
     phase("starting the cluster")
     runtime.connect(cfg.address)
     name = f"voter-{os.getpid()}-{int(time.time())}"
-    db = Cluster.create(voter.schema(), partitions=cfg.partitions, name=name,
-                        initial_data=voter.initial_data(cfg.contestants))
+    temp_dir = None
+    data_dir = cfg.data_dir
+    if data_dir is None and cfg.durability != "off":
+        temp_dir = data_dir = tempfile.mkdtemp(prefix="ohmdb-bench-")
+    try:
+        db = Cluster.create(voter.schema(), partitions=cfg.partitions, name=name, data_dir=data_dir,
+                            durability=cfg.durability, initial_data=voter.initial_data(cfg.contestants))
+        report = _drive(db, cfg, name, ceiling, on_progress, phase)
+    finally:
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+    report["data_dir"] = None if temp_dir else data_dir
+    return report
+
+
+def _drive(db: Cluster, cfg: BenchConfig, name: str, ceiling: dict[str, Any],
+           on_progress: Callable[[LoadTally, float], None] | None, phase: Callable[[str], None]) -> dict[str, Any]:
     try:
         db.call("results")  # warm-up: every partition has answered once before the clock starts
         phase("running the load")
@@ -269,7 +290,9 @@ def run_voter(cfg: BenchConfig, on_progress: Callable[[LoadTally, float], None] 
     return {
         "workload": cfg.workload,
         "config": asdict(cfg),
-        "cluster": {"name": name, "partitions": cfg.partitions, "nodes": len(status["nodes"])},
+        "cluster": {"name": name, "partitions": cfg.partitions, "nodes": len(status["nodes"]),
+                    "durability": cfg.durability,
+                    "fsyncs": sum(r.get("flushes", 0) for r in status["replicas"])},
         "committed": tally.committed,
         "aborted": tally.aborted,
         "abort_reasons": dict(tally.abort_reasons),
