@@ -98,8 +98,10 @@ class Supervisor:
         }
 
     def shutdown(self) -> int:
-        """Kill every replica; the caller then kills this actor."""
+        """Flush every replica's log, then kill it; the caller then kills this actor."""
         m = self._map()
+        refs = [runtime.submit(self.handles[r.actor_name], "close") for r in m.replicas]
+        runtime.get_each(refs, self.config.call_timeout_s, what="close")  # a dead replica has nothing to flush
         for rep in m.replicas:
             runtime.kill(self.handles[rep.actor_name])
             rep.state = DEAD

@@ -137,7 +137,7 @@ class RedoLog:
                 self.flushes += 1
             except LogWriteFailed as exc:
                 log.error("log flush failed: %s", exc)
-                self._notify(lambda: self._fail_all(exc))
+                self._notify(lambda error=exc: self._fail_all(error))
                 return
             self._notify(lambda: self._release(flushed))
 

@@ -92,6 +92,15 @@ def slow_deposit(tx, account_id: int, amount: int, seconds: float) -> int:
     return deposit(tx, account_id, amount)
 
 
+@procedure(partition_by="account_id")
+def credit(tx, account_id: int, seq: int, amount: int) -> int:
+    """Two writes in one transaction: an entry and the balance it changes."""
+    tx.insert("entries", {"account": account_id, "seq": seq, "amount": amount, "small": 1})
+    row = tx.get("accounts", account_id)
+    tx.update("accounts", account_id, {"balance": row["balance"] + amount})
+    return row["balance"] + amount
+
+
 def _dump(tx):
     return {name: tx.scan(name) for name in ("accounts", "entries")}
 
@@ -117,7 +126,7 @@ def schema() -> Schema:
     return Schema(
         tables=[accounts, branches, entries],
         procedures=[open_account, deposit, withdraw_then_fail, raw_insert, raw_update, close_account,
-                    add_entry, branch_city, rename_branch, touch_other_partition, slow_deposit, dump, total_balance],
+                    add_entry, branch_city, rename_branch, touch_other_partition, slow_deposit, credit, dump, total_balance],
     )
 
 
