@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -66,3 +67,40 @@ def test_status_and_shutdown_of_a_running_cluster(subprocess_env, ray_address):
         db.shutdown()
     proc = _ohmdb(["status", "--name", "test-cli-status"], env=subprocess_env)
     assert proc.returncode == 2 and "no ohmdb cluster named 'test-cli-status'" in proc.stderr
+
+
+def test_log_dump_and_recover_on_a_data_dir(ray_address, tmp_path):
+    data_dir = tmp_path / "db"
+    db = Cluster.create(bank.schema(), partitions=2, name="test-cli-log", data_dir=str(data_dir))
+    try:
+        db.call_many("open_account", [(i, f"o{i}", 0) for i in range(6)])
+        db.call_many("credit", [(i, 100 + i, 7) for i in range(6)])
+    finally:
+        db.shutdown()
+    proc = _ohmdb(["log", "dump", "--data-dir", str(data_dir), "--json"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(records) == 6 + 6 * 2  # 6 inserts, then an entry insert and a balance update per credit
+    assert {r["op"] for r in records} == {"INSERT", "UPDATE"} and {r["partition"] for r in records} == {0, 1}
+    for p in (0, 1):
+        lsns = [r["lsn"] for r in records if r["partition"] == p]
+        assert lsns == list(range(1, len(lsns) + 1))
+    proc = _ohmdb(["log", "dump", "--data-dir", str(data_dir), "--partition", "0", "--from-lsn", "3", "--json"])
+    assert all(json.loads(line)["lsn"] >= 3 and json.loads(line)["partition"] == 0 for line in proc.stdout.splitlines())
+
+    # Tear the tail of partition 0's log: recover reports the cut and moves the bytes aside.
+    seg = sorted((data_dir / "p0" / "r0" / "log").glob("seg-*.arrow"))[-1]
+    seg.write_bytes(seg.read_bytes()[:-20])
+    proc = _ohmdb(["recover", "--data-dir", str(data_dir), "--json"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = {r["partition"]: r for r in json.loads(proc.stdout)}
+    assert reports[0]["cut"] and not reports[1]["cut"]
+    assert reports[1]["rows"]["entries"] + reports[0]["rows"]["entries"] < 6 + 1
+    assert list((data_dir / "p0" / "r0" / "log" / "quarantine").glob("*.cut"))
+    proc = _ohmdb(["recover", "--data-dir", str(data_dir)], env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0 and "next lsn" in proc.stdout
+
+
+def test_recover_on_a_directory_without_a_database(tmp_path):
+    proc = _ohmdb(["recover", "--data-dir", str(tmp_path)], timeout=60)
+    assert proc.returncode == 2 and "holds no ohmdb database" in proc.stderr
