@@ -141,7 +141,7 @@ def _print_summary(report: dict[str, Any]) -> None:
     lat = report["latency_ms"]
     rows = [
         ("partitions / clients / batch", f"{report['config']['partitions']} / {report['config']['clients']} / {report['config']['batch']}"),
-        ("durability (fsyncs)", f"{report['cluster']['durability']} ({report['cluster']['fsyncs']:,})"),
+        ("durability: fsyncs / log batches", f"{report['cluster']['durability']}: {report['cluster']['fsyncs']:,} / {report['cluster']['log_batches']:,}"),
         ("transactions", f"{report['transactions']:,}"),
         ("committed", f"{report['committed']:,}"),
         ("aborted (rejected votes)", f"{report['aborted']:,} {report['abort_reasons'] or ''}"),

@@ -81,7 +81,7 @@ class Supervisor:
             else:
                 entry.update(health="ok" if not answer["log_failed"] else "log-failed", **{
                     k: answer[k] for k in ("rows", "committed", "aborted", "failed", "durability", "written_lsn",
-                                           "durable_lsn", "flushes", "log_failed", "snapshots_taken",
+                                           "durable_lsn", "fsyncs", "batches_written", "log_failed", "snapshots_taken",
                                            "last_snapshot", "recovery")
                 })
             replicas.append(entry)

@@ -57,7 +57,6 @@ class RedoLog:
         self.next_lsn = next_lsn
         self.flush_interval_ms = flush_interval_ms
         self.memory_tail: deque = deque(maxlen=MEMORY_TAIL_BATCHES_MAX)
-        self.flushes = 0
         self._waiters: list[tuple[int, int, asyncio.Future]] = []
         self._tiebreak = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -77,6 +76,14 @@ class RedoLog:
     @property
     def written_lsn(self) -> int:
         return self.next_lsn - 1
+
+    @property
+    def fsyncs(self) -> int:
+        return 0 if self.writer is None else self.writer.fsyncs
+
+    @property
+    def batches_written(self) -> int:
+        return 0 if self.writer is None else self.writer.batches
 
     @property
     def durable_lsn(self) -> int:
@@ -134,7 +141,6 @@ class RedoLog:
                 continue
             try:
                 flushed = self.writer.flush()
-                self.flushes += 1
             except LogWriteFailed as exc:
                 log.error("log flush failed: %s", exc)
                 self._notify(lambda error=exc: self._fail_all(error))

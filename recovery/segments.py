@@ -89,6 +89,8 @@ class SegmentWriter:
         self.written_lsn = next_lsn - 1   # last LSN handed to the OS
         self.flushed_lsn = next_lsn - 1   # last LSN known durable
         self.bytes_written = 0
+        self.fsyncs = 0
+        self.batches = 0
         os.makedirs(directory, exist_ok=True)
 
     def append(self, batch: pa.RecordBatch, meta: dict[bytes, bytes]) -> int:
@@ -104,6 +106,7 @@ class SegmentWriter:
                 before = self._file.tell()
                 self._writer.write_batch(batch, custom_metadata=meta)
                 self.bytes_written += self._file.tell() - before
+                self.batches += 1
                 self.next_lsn = first + batch.num_rows
                 self.written_lsn = self.next_lsn - 1
                 if self._file.tell() >= self.segment_bytes_max:
@@ -126,6 +129,7 @@ class SegmentWriter:
             fd = os.dup(self._file.fileno())
         try:
             self._fsync(fd)
+            self.fsyncs += 1
         except BaseException as exc:
             self.failed = exc
             raise LogWriteFailed(f"fsync of {self._path} failed: {exc}") from exc

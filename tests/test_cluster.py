@@ -278,6 +278,7 @@ def test_a_dead_partition_answers_partition_unavailable_and_others_serve(ray_add
         on = {partition_of(i, 2): i for i in range(10)}
         db.call_many("open_account", [(on[0], "zero"), (on[1], "one")])
         runtime.kill(runtime.find("test-dead-partition:p0:r0"))
+        assert runtime.wait_gone("test-dead-partition:p0:r0", 30)  # Ray kills asynchronously
         out = db.call_many("deposit", [(on[0], 1), (on[1], 1)])
         assert isinstance(out[0], PartitionUnavailable) and out[0].details["partition"] == 0
         assert out[1] == 1
