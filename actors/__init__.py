@@ -4,9 +4,28 @@ Public API::
 
     from actors import Cluster, Schema, Table, procedure
     from actors.errors import OhmError
+
+Names are loaded on first use, so ``import actors.errors`` (or any pure core
+module) does not import the client and Ray.
 """
 
-from actors.client import BatchFuture, Cluster, TxnFuture
-from actors.schema import Procedure, Schema, Table, procedure
+from __future__ import annotations
 
-__all__ = ["BatchFuture", "Cluster", "Procedure", "Schema", "Table", "TxnFuture", "procedure"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BatchFuture": "actors.client", "Cluster": "actors.client", "TxnFuture": "actors.client",
+    "Procedure": "actors.schema", "Schema": "actors.schema", "Table": "actors.schema", "procedure": "actors.schema",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'actors' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
