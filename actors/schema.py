@@ -308,6 +308,23 @@ def _arg_checker(annotation: Any) -> tuple[tuple[type, ...], bool] | None:
     return None
 
 
+def _type_hints(f: Callable[..., Any]) -> dict[str, Any]:
+    """Annotations resolved to objects; one that cannot be resolved is left out (unchecked)."""
+    try:
+        return typing.get_type_hints(f)
+    except Exception:
+        pass
+    hints = {}
+    for name, value in getattr(f, "__annotations__", {}).items():
+        if isinstance(value, str):
+            try:
+                value = eval(value, getattr(f, "__globals__", {}))  # what get_type_hints does, one by one
+            except Exception:
+                continue
+        hints[name] = value
+    return hints
+
+
 @dataclass(frozen=True)
 class Procedure:
     """A stored procedure: a function ``f(tx, *args)`` registered by name."""
@@ -385,10 +402,7 @@ def procedure(
                 raise InvalidConfig(f"procedure {pname!r}: parameter {p.name!r} must be positional (no *args/**kwargs)", procedure=pname)
         params = tuple(p.name for p in rest)
         required = sum(1 for p in rest if p.default is p.empty)
-        try:
-            hints = typing.get_type_hints(f)
-        except Exception:  # unresolvable forward references: leave arguments unchecked
-            hints = {}
+        hints = _type_hints(f)
         arg_types = tuple(_arg_checker(hints.get(p)) if p in hints else None for p in params)
         if multi_partition and partition_by is not None:
             raise InvalidConfig(f"procedure {pname!r}: a multi-partition procedure has no partition_by", procedure=pname)
