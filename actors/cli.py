@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=1, help="seed of the generated calls (default 1)")
     v.add_argument("--contestants", type=int, default=6, help="contestants, 1..12 (default 6)")
     v.add_argument("--max-votes", type=int, default=2, help="votes allowed per phone number (default 2)")
+    v.add_argument("--k", type=int, default=0, help="replicas per partition beyond the leader (default 0)")
     v.add_argument("--durability", choices=["sync", "async", "off"], default="sync",
                    help="sync: fsync before acknowledging (default); async: fsync every 200 ms; off: memory only")
     v.add_argument("--data-dir", metavar="DIR", help="keep the database here (default: a temporary directory, removed after)")
@@ -112,7 +113,7 @@ def _bench(args: argparse.Namespace) -> int:
         workload=args.workload, partitions=args.partitions, clients=args.clients, batch=args.batch,
         duration_s=args.duration, transactions=transactions, seed=args.seed,
         contestants=args.contestants, max_votes=args.max_votes, address=args.address,
-        durability=args.durability, data_dir=args.data_dir,
+        durability=args.durability, data_dir=args.data_dir, k=args.k,
     ).validate()
     total = cfg.transactions
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
@@ -140,7 +141,7 @@ def _print_summary(report: dict[str, Any]) -> None:
     t.add_column("value", justify="right")
     lat = report["latency_ms"]
     rows = [
-        ("partitions / clients / batch", f"{report['config']['partitions']} / {report['config']['clients']} / {report['config']['batch']}"),
+        ("partitions / k / clients / batch", f"{report['config']['partitions']} / {report['config']['k']} / {report['config']['clients']} / {report['config']['batch']}"),
         ("durability: fsyncs / log batches", f"{report['cluster']['durability']}: {report['cluster']['fsyncs']:,} / {report['cluster']['log_batches']:,}"),
         ("transactions", f"{report['transactions']:,}"),
         ("committed", f"{report['committed']:,}"),

@@ -177,6 +177,7 @@ class Cluster:
         partitions: int = 4,
         name: str = "ohmdb",
         *,
+        k: int = 0,
         initial_data: Mapping[str, pa.Table | Sequence[Mapping[str, Any]]] | None = None,
         data_dir: str | None = None,
         durability: str | None = None,
@@ -193,13 +194,13 @@ class Cluster:
         """
         if not isinstance(schema, Schema):
             raise InvalidConfig(f"Cluster.create needs a Schema, got {type(schema).__name__}")
-        known = set(ClusterConfig.__dataclass_fields__) - {"name", "partitions", "data_dir", "durability"}
+        known = set(ClusterConfig.__dataclass_fields__) - {"name", "partitions", "k", "data_dir", "durability"}
         unknown = sorted(set(settings) - known)
         if unknown:
             raise InvalidConfig(f"unknown Cluster.create setting(s) {unknown}; known: {sorted(known)}")
         if data_dir is not None:
             data_dir = os.path.abspath(os.path.expanduser(data_dir))
-        config = ClusterConfig(name=name, partitions=partitions, data_dir=data_dir, durability=durability,
+        config = ClusterConfig(name=name, partitions=partitions, k=k, data_dir=data_dir, durability=durability,
                                **{k: v for k, v in settings.items() if v is not None}).validate()
         data = _check_initial_data(schema, initial_data or {})
         if data_dir is not None and _open_data_dir(data_dir, config, schema):
@@ -369,9 +370,9 @@ def _open_data_dir(data_dir: str, config: ClusterConfig, schema: Schema) -> bool
     if catalog is None:
         if os.path.isdir(data_dir) and any(not n.startswith(".") for n in os.listdir(data_dir)):
             raise InvalidConfig(f"data_dir {data_dir} is not empty and holds no ohmdb catalog", setting="data_dir")
-        write_catalog(data_dir, config.name, config.partitions, 1, schema)
+        write_catalog(data_dir, config.name, config.partitions, config.k + 1, schema)
         return False
-    check_compatible(catalog, config.partitions, schema, data_dir)
+    check_compatible(catalog, config.partitions, config.k + 1, schema, data_dir)
     return True
 
 

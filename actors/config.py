@@ -19,6 +19,7 @@ from recovery.group_commit import FLUSH_INTERVAL_MS, MODES, OFF, SYNC
 from recovery.segments import SEGMENT_BYTES_MAX
 
 PARTITIONS_MAX = 1024
+K_MAX = 4
 CLUSTER_NAME_CHARS_MAX = 64
 #: How long a client waits for a batch before reporting TIMEOUT (outcome unknown).
 CALL_TIMEOUT_S = 60.0
@@ -36,6 +37,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 class ClusterConfig:
     name: str = "ohmdb"
     partitions: int = 4
+    k: int = 0                             # replicas per partition beyond the leader (k-safety)
     batch_txns_max: int = BATCH_TXNS_MAX
     call_timeout_s: float = CALL_TIMEOUT_S
     control_timeout_s: float = CONTROL_TIMEOUT_S
@@ -73,6 +75,8 @@ class ClusterConfig:
                 setting="snapshot_log_bytes",
             )
         _positive_int("partitions", self.partitions, PARTITIONS_MAX)
+        if not isinstance(self.k, int) or isinstance(self.k, bool) or not (0 <= self.k <= K_MAX):
+            raise InvalidConfig(f"k must be an integer in 0..{K_MAX}, got {self.k!r}", setting="k")
         _positive_int("batch_txns_max", self.batch_txns_max, 1_000_000)
         for field in ("call_timeout_s", "control_timeout_s", "spawn_timeout_s"):
             value = getattr(self, field)

@@ -34,12 +34,14 @@ import time
 from typing import Any, Callable
 
 from actors import runtime
-from actors.errors import LogWriteFailed, OhmError
+from actors.errors import LogWriteFailed, NotLeader, OhmError, StaleEpoch, Timeout
 from actors.partition_core import PartitionCore, is_failure
 from actors.schema import Schema
 from actors.sequencer import Sequencer
 from recovery import segments
 from recovery.catalog import replica_dir
+from recovery.cluster_map import LEADER, supervisor_name
+from recovery.replication import ACCEPT, STALE, WAIT, AckTracker, follower_verdict
 from recovery.group_commit import OFF, RedoLog
 from recovery.log_format import LogCodec
 from recovery.replay import LOG_DIR, SNAPSHOT_DIR, RecoveryReport, recover_replica
@@ -55,7 +57,12 @@ class PartitionReplica:
         self.cluster = cluster
         self.replica = replica
         self.epoch = epoch
-        self.role = "leader"
+        self.role = LEADER
+        self.leader_name: str | None = None
+        self.followers: dict[str, Any] = {}
+        self.acks = AckTracker()
+        self._ack_waiters: list[tuple[int, asyncio.Future]] = []
+        self._lsn_waiters: dict[int, asyncio.Future] = {}
         self.config = config
         self.core = PartitionCore(schema, partition, partitions, config["batch_txns_max"])
         self.codec = LogCodec(schema)
@@ -82,8 +89,9 @@ class PartitionReplica:
 
     async def execute_batch(self, client: str, seq: int, calls: list[tuple[str, tuple]]) -> tuple[list[Any], dict[int, OhmError], OhmError | None]:
         await self.sequencer.turn(client, seq)
-        if self.log.failed is not None:
-            return [], {}, self._log_failed(self.log.failed)
+        refusal = self._refuse_unless_leader()
+        if refusal is not None:
+            return [], {}, refusal
         try:
             out = self.core.execute_batch(calls)
         except OhmError as err:
@@ -95,6 +103,9 @@ class PartitionReplica:
 
     async def run_fragment(self, client: str, seq: int, fragment: Callable[..., Any], args: tuple) -> tuple[Any, OhmError | None]:
         await self.sequencer.turn(client, seq)
+        refusal = self._refuse_unless_leader()
+        if refusal is not None:
+            return None, refusal
         result = self.core.run_fragment(fragment, args)
         err = await self._make_durable([])  # reads only what is durable (sync mode)
         if err is not None:
@@ -103,6 +114,9 @@ class PartitionReplica:
 
     async def load(self, client: str, seq: int, table: str, rows: list[dict[str, Any]]) -> tuple[int, OhmError | None]:
         await self.sequencer.turn(client, seq)
+        refusal = self._refuse_unless_leader()
+        if refusal is not None:
+            return 0, refusal
         redo: list = []
         try:
             n = self.core.load(table, rows, redo)
@@ -121,12 +135,27 @@ class PartitionReplica:
         return self.last_snapshot or {}
 
     async def _make_durable(self, redo: list) -> OhmError | None:
+        """Write, ship to every follower, and wait until all of it is durable everywhere."""
         try:
-            self.log.append(redo, self.epoch)
-            await self.log.durable(self.log.written_lsn)
-        except segments.LogWriteFailed as exc:
+            encoded = self.log.append(redo, self.epoch)
+            if encoded is not None:
+                self._ship(*encoded)
+            target = self.log.written_lsn  # this batch and everything it may have read
+            await self.log.durable(target)
+        except (segments.LogWriteFailed, ValueError) as exc:
             return self._log_failed(exc)
         self._maybe_snapshot()
+        return await self._replicated(target)
+
+    def _refuse_unless_leader(self) -> OhmError | None:
+        if self.role != LEADER:
+            return NotLeader(
+                f"partition {self.core.partition_id} replica {self.replica} is a {self.role}; "
+                f"the leader is {self.leader_name}",
+                partition=self.core.partition_id, leader=self.leader_name, epoch=self.epoch,
+            )
+        if self.log.failed is not None:
+            return self._log_failed(self.log.failed)
         return None
 
     def _log_failed(self, exc: BaseException) -> LogWriteFailed:
@@ -135,6 +164,127 @@ class PartitionReplica:
             "this replica acknowledges nothing more and the outcome of this batch is unknown",
             partition=self.core.partition_id, replica=self.replica, cause=str(exc),
         )
+
+    # -- replication: leader side ---------------------------------------------------------------
+
+    def _ship(self, batch: Any, meta: dict[bytes, bytes]) -> None:
+        """Send a written batch to every follower without waiting (pipelined)."""
+        for name, handle in self.followers.items():
+            ref = runtime.submit(handle, "replicate", self.epoch, batch, meta)
+            asyncio.ensure_future(self._await_ack(name, ref))
+
+    async def _await_ack(self, name: str, ref: Any) -> None:
+        try:
+            answer = await runtime.get_async(ref, what=f"replicate to {name}")
+        except OhmError as err:
+            log.warning("follower %s failed (%s); asking the supervisor to drop it", name, err.code)
+            await self._report_follower_failed(name)
+            return
+        if isinstance(answer, StaleEpoch):
+            self._fenced(answer)
+            return
+        if isinstance(answer, OhmError):
+            log.warning("follower %s refused a batch: %s", name, answer)
+            await self._report_follower_failed(name)
+            return
+        self.acks.ack(name, answer["held_lsn"])
+        self._release_acks()
+
+    async def _report_follower_failed(self, name: str) -> None:
+        supervisor = runtime.find(supervisor_name(self.cluster))
+        if supervisor is None:
+            return
+        try:
+            await runtime.get_async(runtime.submit(supervisor, "follower_failed", self.core.partition_id, name, self.epoch))
+        except OhmError as err:
+            log.error("could not report follower %s: %s", name, err)
+
+    async def _replicated(self, lsn: int) -> OhmError | None:
+        if self.acks.replicated_lsn(self.log.held_lsn) >= lsn:
+            return None
+        future = asyncio.get_running_loop().create_future()
+        self._ack_waiters.append((lsn, future))
+        try:
+            return await asyncio.wait_for(future, timeout=self.config["call_timeout_s"])
+        except asyncio.TimeoutError:
+            return Timeout(
+                f"partition {self.core.partition_id}: followers did not confirm lsn {lsn} within "
+                f"{self.config['call_timeout_s']} s; the outcome is unknown", partition=self.core.partition_id,
+            )
+
+    def _release_acks(self) -> None:
+        done = self.acks.replicated_lsn(self.log.held_lsn)
+        keep = []
+        for lsn, future in self._ack_waiters:
+            if future.done():
+                continue
+            if lsn <= done:
+                future.set_result(None)
+            else:
+                keep.append((lsn, future))
+        self._ack_waiters = keep
+
+    def _fenced(self, err: OhmError) -> None:
+        """A follower knows a newer epoch: stop acting as leader and fail every waiter at once."""
+        log.warning("fenced out of epoch %d: %s", self.epoch, err)
+        self.role = "fenced"
+        waiters, self._ack_waiters = self._ack_waiters, []
+        for _, future in waiters:
+            if not future.done():
+                future.set_result(StaleEpoch(f"partition {self.core.partition_id}: this leader was fenced ({err.message})",
+                                             partition=self.core.partition_id))
+
+    async def configure(self, epoch: int, role: str, leader_name: str, followers: dict[str, tuple[Any, int]]) -> dict[str, Any]:
+        """Take a role in configuration ``epoch``; a leader gets its followers and their durable LSNs."""
+        if epoch < self.epoch:
+            return {"error": StaleEpoch(f"configure from epoch {epoch}; this replica is at {self.epoch}", epoch=self.epoch)}
+        self.epoch, self.role, self.leader_name = epoch, role, leader_name
+        self.followers = {name: handle for name, (handle, _) in followers.items()} if role == LEADER else {}
+        known = dict(self.acks.acked)
+        self.acks.acked = {name: max(known.get(name, 0), lsn) for name, (_, lsn) in followers.items()} if role == LEADER else {}
+        self._release_acks()
+        return {"epoch": self.epoch, "role": self.role, "written_lsn": self.log.written_lsn,
+                "durable_lsn": self.log.durable_lsn}
+
+    # -- replication: follower side ----------------------------------------------------------------
+
+    async def replicate(self, epoch: int, batch: Any, meta: dict[bytes, bytes]) -> dict[str, Any] | OhmError:
+        """Append and apply a leader's batch in LSN order; answer once it is durable here."""
+        first, count = int(meta[b"first_lsn"]), batch.num_rows
+        verdict = follower_verdict(self.epoch, self.log.next_lsn, epoch, first, count)
+        if verdict == WAIT:
+            await self._lsn_turn(first)
+            verdict = follower_verdict(self.epoch, self.log.next_lsn, epoch, first, count)
+        if verdict == STALE:
+            return StaleEpoch(f"batch from epoch {epoch}; this replica is at epoch {self.epoch}", epoch=self.epoch)
+        if verdict == WAIT:
+            return Timeout(f"replicate: lsn {first} still has a gap before it after waiting", lsn=first)
+        self.epoch = epoch
+        if verdict == ACCEPT:
+            try:
+                self.core.apply_redo(self.codec.decode(batch))
+                self.log.append_batch(batch, meta)
+            except (segments.LogWriteFailed, ValueError) as exc:
+                return self._log_failed(exc)
+            waiter = self._lsn_waiters.pop(self.log.next_lsn, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+            self._maybe_snapshot()
+        try:
+            await self.log.durable(first + count - 1)
+        except segments.LogWriteFailed as exc:
+            return self._log_failed(exc)
+        return {"held_lsn": self.log.held_lsn}
+
+    async def _lsn_turn(self, first: int) -> None:
+        future = self._lsn_waiters.setdefault(first, asyncio.get_running_loop().create_future())
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout=self.config["call_timeout_s"])
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            if future.done():
+                self._lsn_waiters.pop(first, None)
 
     # -- snapshots ------------------------------------------------------------------------
 
@@ -195,6 +345,8 @@ class PartitionReplica:
             "replica": self.replica,
             "role": self.role,
             "epoch": self.epoch,
+            "leader": self.leader_name,
+            "followers": sorted(self.followers),
             **self.identity,
             "uptime_s": round(time.time() - self.started_at, 3),
             "rows": self.core.row_counts(),

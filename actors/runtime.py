@@ -146,6 +146,19 @@ def get(ref: Any, timeout_s: float | None = None, what: str = "call") -> Any:
         raise ActorDied(f"{what}: the actor died ({type(exc).__name__})", cause=str(exc)[:500]) from None
 
 
+async def get_async(ref: Any, what: str = "call") -> Any:
+    """Await one ref inside an async actor; typed errors as in ``get``."""
+    try:
+        return await ref
+    except RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, OhmError):
+            raise cause from None
+        raise
+    except RayActorError as exc:
+        raise ActorDied(f"{what}: the actor died ({type(exc).__name__})", cause=str(exc)[:500]) from None
+
+
 def get_each(refs: list[Any], timeout_s: float | None, what: str = "call") -> list[Any]:
     """Wait for all refs up to one shared deadline; each result or its typed error."""
     if not refs:

@@ -19,10 +19,11 @@ from typing import Any
 
 from actors import runtime
 from actors.config import ClusterConfig
-from actors.errors import OhmError
+from actors.errors import ActorDied, OhmError
 from actors.partition_actor import PartitionReplica
 from actors.schema import Schema
-from recovery.cluster_map import DEAD, SERVING, ClusterMap
+from recovery.cluster_map import DEAD, FOLLOWER, LEADER, SERVING, ClusterMap
+from recovery.replay import RecoveryFailed
 
 log = logging.getLogger("ohmdb.supervisor")
 
@@ -40,7 +41,7 @@ class Supervisor:
         """Spawn every replica and wait until each answers; return the map."""
         cfg = self.config
         nodes = [n["node_id"] for n in runtime.alive_nodes()]
-        self.map = ClusterMap.plan(cfg.name, cfg.partitions, k=0, nodes=nodes)
+        self.map = ClusterMap.plan(cfg.name, cfg.partitions, k=cfg.k, nodes=nodes)
         log.info("phase=spawn cluster=%s partitions=%d nodes=%d", cfg.name, cfg.partitions, len(nodes))
         for rep in self.map.replicas:
             self.handles[rep.actor_name] = runtime.spawn(
@@ -49,12 +50,56 @@ class Supervisor:
             )
         log.info("phase=await-ready cluster=%s", cfg.name)
         refs = [runtime.submit(self.handles[r.actor_name], "status", control=True) for r in self.map.replicas]
+        lsns: dict[str, int] = {}
         for rep, answer in zip(self.map.replicas, runtime.get_each(refs, cfg.spawn_timeout_s, what="replica start")):
             if isinstance(answer, OhmError):
                 raise answer
             rep.node_id, rep.pid, rep.state = answer["node_id"], answer["pid"], SERVING
+            lsns[rep.actor_name] = answer["durable_lsn"]
+        log.info("phase=configure cluster=%s k=%d", cfg.name, cfg.k)
+        for p in range(self.map.partitions):
+            self._configure_partition(p, lsns)
         log.info("phase=serving cluster=%s", cfg.name)
         return self.map.to_dict()
+
+    def _configure_partition(self, partition: int, lsns: dict[str, int]) -> None:
+        """Tell followers, then the leader, their roles in the partition's current epoch."""
+        m = self._map()
+        leader = m.leader(partition)
+        followers = [r for r in m.of_partition(partition) if r.role == FOLLOWER and r.state == SERVING]
+        held = {lsns[r.actor_name] for r in [leader, *followers]}
+        if len(held) > 1:
+            raise RecoveryFailed(
+                f"partition {partition}: its replicas recovered different LSNs {sorted(held)}; "
+                "repairing diverged replicas at start is not supported yet",
+                partition=partition,
+            )
+        for rep in followers:
+            self._configure(rep.actor_name, leader.epoch, FOLLOWER, leader.actor_name, {})
+        self._configure(leader.actor_name, leader.epoch, LEADER, leader.actor_name,
+                        {r.actor_name: (self.handles[r.actor_name], lsns[r.actor_name]) for r in followers})
+
+    def _configure(self, actor_name: str, epoch: int, role: str, leader: str, followers: dict[str, Any]) -> None:
+        answer = runtime.call(self.handles[actor_name], "configure", epoch, role, leader, followers,
+                              timeout_s=self.config.call_timeout_s)
+        if "error" in answer:
+            raise answer["error"]
+
+    def follower_failed(self, partition: int, actor_name: str, epoch: int) -> bool:
+        """A leader lost a follower: take it out of the configuration so acknowledgements go on."""
+        m = self._map()
+        rep = next((r for r in m.of_partition(partition) if r.actor_name == actor_name), None)
+        if rep is None or rep.state == DEAD or rep.role != FOLLOWER:
+            return False
+        log.warning("phase=drop-follower partition=%d replica=%s epoch=%d", partition, actor_name, epoch)
+        rep.state = DEAD
+        runtime.kill(self.handles[actor_name])
+        m.version += 1
+        leader = m.leader(partition)
+        live = [r for r in m.of_partition(partition) if r.role == FOLLOWER and r.state == SERVING]
+        self._configure(leader.actor_name, leader.epoch, LEADER, leader.actor_name,
+                        {r.actor_name: (self.handles[r.actor_name], 0) for r in live})
+        return True
 
     def routing(self) -> dict[str, Any]:
         """Leader handles by partition, with the map version they belong to."""
@@ -72,16 +117,18 @@ class Supervisor:
         m = self._map()
         refs = [runtime.submit(self.handles[r.actor_name], "status", control=True) for r in m.replicas]
         answers = runtime.get_each(refs, self.config.control_timeout_s, what="replica status")
+        answers = [ActorDied("removed from the configuration") if r.state == DEAD else a
+                   for r, a in zip(m.replicas, answers)]
         replicas = []
         for rep, answer in zip(m.replicas, answers):
             entry = {"partition": rep.partition, "replica": rep.replica, "actor_name": rep.actor_name,
-                     "role": rep.role, "epoch": rep.epoch, "node_id": rep.node_id, "pid": rep.pid}
+                     "role": rep.role, "state": rep.state, "epoch": rep.epoch, "node_id": rep.node_id, "pid": rep.pid}
             if isinstance(answer, OhmError):
                 entry.update(health="unreachable", error=answer.code)
             else:
                 entry.update(health="ok" if not answer["log_failed"] else "log-failed", **{
                     k: answer[k] for k in ("rows", "committed", "aborted", "failed", "durability", "written_lsn",
-                                           "durable_lsn", "fsyncs", "batches_written", "log_failed", "snapshots_taken",
+                                           "durable_lsn", "fsyncs", "batches_written", "log_failed", "leader", "followers", "snapshots_taken",
                                            "last_snapshot", "recovery")
                 })
             replicas.append(entry)
@@ -100,7 +147,7 @@ class Supervisor:
     def shutdown(self) -> int:
         """Flush every replica's log, then kill it; the caller then kills this actor."""
         m = self._map()
-        refs = [runtime.submit(self.handles[r.actor_name], "close") for r in m.replicas]
+        refs = [runtime.submit(self.handles[r.actor_name], "close") for r in m.replicas if r.state != DEAD]
         runtime.get_each(refs, self.config.call_timeout_s, what="close")  # a dead replica has nothing to flush
         for rep in m.replicas:
             runtime.kill(self.handles[rep.actor_name])

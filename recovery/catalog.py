@@ -88,12 +88,18 @@ def write_catalog(data_dir: str, name: str, partitions: int, replicas: int, sche
     return catalog
 
 
-def check_compatible(catalog: dict[str, Any], partitions: int, schema: Schema, data_dir: str) -> None:
-    """Raise InvalidConfig unless ``schema``/``partitions`` match the stored database."""
+def check_compatible(catalog: dict[str, Any], partitions: int, replicas: int, schema: Schema, data_dir: str) -> None:
+    """Raise InvalidConfig unless ``schema``/``partitions``/``replicas`` match the stored database."""
     if catalog["partitions"] != partitions:
         raise InvalidConfig(
             f"{data_dir} holds a database with {catalog['partitions']} partitions; asked for {partitions}",
             setting="partitions",
+        )
+    if catalog["replicas"] != replicas:
+        raise InvalidConfig(
+            f"{data_dir} holds a database with {catalog['replicas']} replicas per partition (k={catalog['replicas'] - 1}); "
+            f"asked for k={replicas - 1} (changing k of a stored database is not supported yet)",
+            setting="k",
         )
     stored = {e["name"]: e for e in catalog["tables"]}
     given = {t.name: _table_entry(t) for t in schema.tables.values()}

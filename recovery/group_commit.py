@@ -15,8 +15,10 @@ Modes:
 * ``async``: ``durable`` returns at once; the flusher fsyncs every
   ``flush_interval_ms`` (VoltDB's default, 200 ms).  A crash loses what was
   acknowledged in the last interval (at most ``flush_interval_ms`` of writes).
-* ``off``: nothing is written; LSNs still advance (the last
-  ``MEMORY_TAIL_BATCHES_MAX`` batches are kept in memory for shipping).
+* ``off``: nothing is written; LSNs still advance.
+
+In every mode the last ``MEMORY_TAIL_BATCHES_MAX`` batches stay in memory, so
+a leader can send a lagging follower what it misses.
 
 A failed write or fsync fails every waiter at once with ``LogWriteFailed``
 and every later append: the replica stops acknowledging.
@@ -91,20 +93,41 @@ class RedoLog:
             return self.written_lsn
         return self.writer.flushed_lsn
 
-    def append(self, records: list[RedoRecord], epoch: int) -> int:
-        """Encode and write one batch of redo records; its last LSN."""
+    @property
+    def held_lsn(self) -> int:
+        """Highest LSN this replica holds as its durability mode requires before acknowledging:
+        fsynced in ``sync`` mode, written in ``async`` and ``off``."""
+        return self.durable_lsn if self.mode == SYNC else self.written_lsn
+
+    def append(self, records: list[RedoRecord], epoch: int) -> tuple[Any, dict[bytes, bytes]] | None:
+        """Encode and write one batch of redo records; the (batch, metadata) written, None if empty."""
         if not records:
-            return self.written_lsn
+            return None
         batch, meta = self.codec.encode(records, self.next_lsn, epoch)
-        if self.mode == OFF:
-            self.memory_tail.append((self.next_lsn, batch, meta))
-            self.next_lsn += len(records)
-            return self.written_lsn
-        last = self.writer.append(batch, meta)
-        self.next_lsn = last + 1
+        self.append_batch(batch, meta)
+        return batch, meta
+
+    def append_batch(self, batch: Any, meta: dict[bytes, bytes]) -> int:
+        """Write an already encoded batch (a follower's path); its last LSN."""
+        first = int(meta[b"first_lsn"])
+        if first != self.next_lsn:
+            raise ValueError(f"batch starts at lsn {first}, the log is at {self.next_lsn}")
+        if self.mode != OFF:
+            self.writer.append(batch, meta)
+        self.memory_tail.append((first, batch, meta))
+        self.next_lsn = first + batch.num_rows
         if self.mode == SYNC:
             self._wake.set()
-        return last
+        return self.written_lsn
+
+    def batches_from(self, lsn: int) -> list[tuple[Any, dict[bytes, bytes]]] | None:
+        """Kept batches holding ``lsn`` and after, or None when memory no longer reaches back to it."""
+        if lsn > self.written_lsn:
+            return []
+        tail = list(self.memory_tail)
+        if not tail or tail[0][0] > lsn:
+            return None
+        return [(b, m) for first, b, m in tail if first + b.num_rows > lsn]
 
     async def durable(self, lsn: int) -> None:
         """Return once ``lsn`` is durable per the mode; LogWriteFailed if it never will be."""

@@ -60,6 +60,7 @@ class BenchConfig:
     contestants: int = voter.CONTESTANTS_DEFAULT
     max_votes: int = voter.MAX_VOTES_DEFAULT
     durability: str = "sync"
+    k: int = 0
     data_dir: str | None = None      # None: a temporary directory, removed after the run
     address: str | None = None
 
@@ -251,7 +252,7 @@ def run_voter(cfg: BenchConfig, on_progress: Callable[[LoadTally, float], None] 
     if data_dir is None and cfg.durability != "off":
         temp_dir = data_dir = tempfile.mkdtemp(prefix="ohmdb-bench-")
     try:
-        db = Cluster.create(voter.schema(), partitions=cfg.partitions, name=name, data_dir=data_dir,
+        db = Cluster.create(voter.schema(), partitions=cfg.partitions, k=cfg.k, name=name, data_dir=data_dir,
                             durability=cfg.durability, initial_data=voter.initial_data(cfg.contestants))
         report = _drive(db, cfg, name, ceiling, on_progress, phase)
     finally:
@@ -291,7 +292,7 @@ def _drive(db: Cluster, cfg: BenchConfig, name: str, ceiling: dict[str, Any],
         "workload": cfg.workload,
         "config": asdict(cfg),
         "cluster": {"name": name, "partitions": cfg.partitions, "nodes": len(status["nodes"]),
-                    "durability": cfg.durability,
+                    "durability": cfg.durability, "k": cfg.k,
                     "fsyncs": sum(r.get("fsyncs", 0) for r in status["replicas"]),
                     "log_batches": sum(r.get("batches_written", 0) for r in status["replicas"])},
         "committed": tally.committed,
