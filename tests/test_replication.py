@@ -1,0 +1,149 @@
+"""Replication: the pure rules, and k=1 clusters through Ray (identical replicas, fencing, follower loss)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from actors import Cluster, runtime
+from actors.errors import NotLeader, StaleEpoch
+from recovery.log_format import LogCodec
+from recovery.redo import INSERT, RedoRecord
+from recovery.replication import ACCEPT, DUPLICATE, STALE, WAIT, AckTracker, choose_leader, follower_verdict
+from tests import bank
+
+# --- pure rules ---------------------------------------------------------------------------------------
+
+
+def test_follower_verdicts():
+    assert follower_verdict(my_epoch=2, next_lsn=10, msg_epoch=1, first_lsn=10, records=3) == STALE
+    assert follower_verdict(2, 10, 2, 10, 3) == ACCEPT
+    assert follower_verdict(2, 10, 3, 10, 3) == ACCEPT          # a newer leader is followed
+    assert follower_verdict(2, 10, 2, 14, 3) == WAIT            # a gap: wait for the batches before it
+    assert follower_verdict(2, 10, 2, 5, 5) == DUPLICATE        # already held: acknowledged, not re-applied
+    with pytest.raises(ValueError, match="overlaps"):
+        follower_verdict(2, 10, 2, 8, 5)
+
+
+def test_ack_tracker_waits_for_every_follower_in_the_configuration():
+    acks = AckTracker()
+    acks.configure(["a", "b"], start_lsn=0)
+    acks.ack("a", 7)
+    assert acks.replicated_lsn(leader_durable_lsn=9) == 0
+    acks.ack("b", 5)
+    assert acks.replicated_lsn(9) == 5
+    acks.ack("b", 3)                       # acks never go backwards
+    assert acks.replicated_lsn(9) == 5
+    acks.configure(["a"], start_lsn=0)     # b left the configuration
+    assert acks.replicated_lsn(9) == 7
+    acks.ack("zz", 100)                    # not in the configuration: ignored
+    assert acks.replicated_lsn(6) == 6     # the leader's own durability bounds it too
+    acks.configure([], start_lsn=0)
+    assert acks.replicated_lsn(6) == 6
+
+
+def test_choose_leader_prefers_the_highest_lsn_then_the_lowest_replica():
+    assert choose_leader({0: 5, 1: 9, 2: 9}) == 1
+    assert choose_leader({}) is None
+
+
+# --- through Ray --------------------------------------------------------------------------------------
+
+
+def _replica_states(db: Cluster) -> dict[int, list[tuple]]:
+    """Per partition: (written lsn, durable lsn, rows) of every serving replica."""
+    out: dict[int, list[tuple]] = {}
+    for r in db.status()["replicas"]:
+        if r["health"] == "ok":
+            out.setdefault(r["partition"], []).append((r["written_lsn"], r["durable_lsn"], r["rows"]))
+    return out
+
+
+@pytest.fixture(scope="module")
+def replicated(ray_address, tmp_path_factory):
+    db = Cluster.create(bank.schema(), partitions=2, k=1, name="test-rep", data_dir=str(tmp_path_factory.mktemp("rep")),
+                        initial_data={"branches": bank.BRANCHES})
+    db.call_many("open_account", [(i, f"o{i}", 0) for i in range(30)])
+    yield db
+    db.shutdown()
+
+
+def test_replicas_are_placed_and_identical_after_concurrent_load(replicated):
+    db = replicated
+    status = db.status()
+    assert status["k"] == 1 and len(status["replicas"]) == 4
+    for p in range(2):
+        roles = sorted(r["role"] for r in status["replicas"] if r["partition"] == p)
+        assert roles == ["follower", "leader"]
+        pids = {r["pid"] for r in status["replicas"] if r["partition"] == p}
+        assert len(pids) == 2  # distinct processes (distinct nodes when the cluster has them)
+
+    def writer(offset: int) -> None:
+        for k in range(20):
+            db.call_many("credit", [(i, offset + k * 100 + i, 1) for i in range(30)])
+
+    threads = [threading.Thread(target=writer, args=(n * 10_000,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for p, states in _replica_states(db).items():
+        assert len(states) == 2 and states[0] == states[1], f"partition {p} replicas differ: {states}"
+    assert db.call("total_balance") == 3 * 20 * 30
+
+
+def test_an_acknowledged_batch_is_durable_on_the_follower_already(replicated):
+    db = replicated
+    for k in range(5):
+        db.call_many("credit", [(i, 50_000 + k * 100 + i, 1) for i in range(30)])
+        for states in _replica_states(db).values():
+            leader_written = max(s[0] for s in states)
+            assert all(s[1] >= leader_written for s in states)
+
+
+def test_a_follower_answers_not_leader_and_refuses_a_stale_epoch(replicated):
+    db = replicated
+    follower = runtime.find("test-rep:p0:r1")
+    results, errors, batch_error = runtime.call(follower, "execute_batch", "some-client", 0, [("deposit", (1, 1))])
+    assert isinstance(batch_error, NotLeader) and batch_error.details["leader"] == "test-rep:p0:r0"
+    before = _replica_states(db)
+    # A fenced leader from epoch 0 tries to write: every replica refuses it.
+    codec = LogCodec(bank.schema())
+    written = before[0][0][0]
+    batch, meta = codec.encode([RedoRecord(1, INSERT, "accounts", 999, {"id": 999, "owner": "ghost", "balance": 1})],
+                               written + 1, epoch=0)
+    answer = runtime.call(follower, "replicate", 0, batch, meta)
+    assert isinstance(answer, StaleEpoch)
+    assert _replica_states(db) == before
+
+
+def test_losing_a_follower_keeps_the_partition_writing(ray_address, tmp_path):
+    db = Cluster.create(bank.schema(), partitions=1, k=1, name="test-rep-loss", data_dir=str(tmp_path))
+    try:
+        db.call_many("open_account", [(i, f"o{i}", 0) for i in range(5)])
+        runtime.kill(runtime.find("test-rep-loss:p0:r1"))
+        assert runtime.wait_gone("test-rep-loss:p0:r1", 30)
+        out = db.call_many("credit", [(i, 100 + i, 2) for i in range(5)])
+        assert out == [2] * 5
+        status = db.status()
+        follower = next(r for r in status["replicas"] if r["role"] == "follower")
+        assert follower["state"] == "dead" and follower["health"] == "unreachable"
+        leader = next(r for r in status["replicas"] if r["role"] == "leader")
+        assert leader["followers"] == []
+        assert db.call("total_balance") == 10
+    finally:
+        db.shutdown()
+
+
+@pytest.mark.parametrize("durability", ["async", "off"])
+def test_replication_in_the_other_durability_modes(ray_address, tmp_path, durability):
+    db = Cluster.create(bank.schema(), partitions=1, k=1, name=f"test-rep-{durability}", durability=durability,
+                        data_dir=str(tmp_path) if durability != "off" else None)
+    try:
+        db.call_many("open_account", [(i, f"o{i}", 0) for i in range(5)])
+        db.call_many("credit", [(i, 100 + i, 3) for i in range(5)])
+        states = _replica_states(db)[0]
+        assert len(states) == 2 and states[0][0] == states[1][0] and states[0][2] == states[1][2]
+    finally:
+        db.shutdown()
