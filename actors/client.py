@@ -33,7 +33,7 @@ from actors import runtime
 from actors.config import ClusterConfig, validate_cluster_name
 from actors.errors import (
     ActorDied, BatchTooLarge, ClusterExists, ClusterNotFound, InvalidArguments, InvalidConfig,
-    OhmError, PartitionUnavailable, UnknownProcedure,
+    NotLeader, OhmError, PartitionUnavailable, UnknownProcedure,
 )
 from actors.routing import partition_of
 from actors.schema import Procedure, Schema
@@ -48,8 +48,11 @@ class BatchFuture:
     """The pending outcome of one ``call_many_async``: one actor call per partition."""
 
     def __init__(self, cluster: "Cluster", size: int, groups: list[tuple[int, list[int], Any]],
-                 errors: dict[int, OhmError], timeout_s: float) -> None:
+                 errors: dict[int, OhmError], timeout_s: float, procedure: str | None = None,
+                 args: list[tuple] | None = None) -> None:
         self._cluster = cluster
+        self._procedure = procedure
+        self._args = args or []
         self._size = size
         self._groups = groups          # (partition, input indices, object ref)
         self._errors = errors          # input index -> error known before sending
@@ -57,7 +60,23 @@ class BatchFuture:
         self._value: list[Any] | None = None
 
     def result(self, timeout_s: float | None = None) -> list[Any]:
-        """Each transaction's result, or its typed error object, in input order."""
+        """Each transaction's result, or its typed error object, in input order.
+
+        Transactions refused with NOT_LEADER never ran: they are sent again to
+        the current leader (after a routing refresh), a bounded number of times.
+        """
+        value = self._result_once(timeout_s)
+        for _ in range(NOT_LEADER_RETRIES):
+            again = [i for i, v in enumerate(value) if isinstance(v, NotLeader)]
+            if not again or self._procedure is None:
+                break
+            self._cluster._refresh_routing()
+            retried = self._cluster.call_many_async(self._procedure, [self._args[i] for i in again], timeout_s).result()
+            for i, v in zip(again, retried):
+                value[i] = v
+        return value
+
+    def _result_once(self, timeout_s: float | None) -> list[Any]:
         if self._value is None:
             deadline_s = self._timeout_s if timeout_s is None else timeout_s
             answers = runtime.get_each([g[2] for g in self._groups], deadline_s, what="execute_batch")
@@ -73,8 +92,10 @@ class BatchFuture:
         if isinstance(answer, OhmError):
             err = answer
             if isinstance(answer, ActorDied):
+                self._cluster._leader_failed(partition)
                 err = PartitionUnavailable(
-                    f"partition {partition}: its leader died; the outcome of these transactions is unknown",
+                    f"partition {partition}: its leader died; the outcome of these transactions is unknown "
+                    "(a new leader takes over for the next calls)",
                     partition=partition, cause=answer.message,
                 )
             for i in indices:
@@ -112,6 +133,7 @@ class _Done(BatchFuture):
     def __init__(self, values: list[Any]) -> None:
         self._value = values
         self._groups = []
+        self._procedure = None
 
 
 class ScatterContext:
@@ -137,7 +159,8 @@ class ScatterContext:
         out = []
         for p, answer in zip(partitions, runtime.get_each(refs, self._cluster.config.call_timeout_s, "run_fragment")):
             if isinstance(answer, ActorDied):
-                raise PartitionUnavailable(f"partition {p}: its leader died", partition=p)
+                self._cluster._leader_failed(p)
+                raise PartitionUnavailable(f"partition {p}: its leader died; retry the read", partition=p)
             if isinstance(answer, OhmError):
                 raise answer
             result, err = answer
@@ -164,9 +187,23 @@ class Cluster:
     def _submit(self, partition: int, method: str, *args: Any) -> Any:
         """Send a call to a partition leader, numbered so the replica runs our calls in order."""
         with self._submit_lock:
+            leader = self._leaders[partition]
+            if leader is None:
+                raise PartitionUnavailable(
+                    f"partition {partition} has no live replica; it serves again once recovered from disk",
+                    partition=partition)
             seq = self._seq[partition]
             self._seq[partition] = seq + 1
-            return runtime.submit(self._leaders[partition], method, self._client_id, seq, *args)
+            return runtime.submit(leader, method, self._client_id, seq, *args)
+
+    def _set_routing(self, routing: dict[str, Any]) -> None:
+        """Adopt a routing; calls to a partition's new leader are numbered from 0 again."""
+        with self._submit_lock:
+            old = [runtime.actor_id(h) for h in self._leaders]
+            self._leaders, self._map_version = routing["leaders"], routing["version"]
+            for p, handle in enumerate(self._leaders):
+                if p >= len(old) or runtime.actor_id(handle) != old[p]:
+                    self._seq[p] = 0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -290,12 +327,16 @@ class Cluster:
             except OhmError as err:
                 errors[i] = err
                 continue
+            if self._leaders[p] is None:
+                errors[i] = PartitionUnavailable(
+                    f"partition {p} has no live replica; it serves again once recovered from disk", partition=p)
+                continue
             by_partition.setdefault(p, []).append(i)
         groups = [
             (p, idx, self._submit(p, "execute_batch", [(proc.name, batch[i]) for i in idx]))
             for p, idx in by_partition.items()
         ]
-        return BatchFuture(self, len(batch), groups, errors, timeout)
+        return BatchFuture(self, len(batch), groups, errors, timeout, proc.name, batch)
 
     def snapshot(self) -> list[dict[str, Any]]:
         """Snapshot every partition now; their manifests (LSN, row counts, checksums)."""
@@ -336,10 +377,17 @@ class Cluster:
         except OhmError as err:
             return err
 
+    def _leader_failed(self, partition: int) -> None:
+        """Tell the supervisor our leader died; it fences and promotes; take the new routing."""
+        try:
+            routing = runtime.call(self._supervisor, "leader_failed", partition, self._map_version,
+                                   timeout_s=self.config.call_timeout_s)
+        except OhmError:
+            return
+        self._set_routing(routing)
+
     def _refresh_routing(self) -> None:
-        routing = runtime.call(self._supervisor, "routing", timeout_s=self.config.call_timeout_s)
-        self._leaders = routing["leaders"]
-        self._map_version = routing["version"]
+        self._set_routing(runtime.call(self._supervisor, "routing", timeout_s=self.config.call_timeout_s))
 
     def _load(self, table: str, rows: list[dict[str, Any]]) -> int:
         t = self.schema.tables[table]
@@ -362,6 +410,8 @@ class Cluster:
 
 
 CONNECT_TIMEOUT_S = 30.0
+#: Times a batch refused with NOT_LEADER (never executed) is re-sent after a routing refresh.
+NOT_LEADER_RETRIES = 3
 
 
 def _open_data_dir(data_dir: str, config: ClusterConfig, schema: Schema) -> bool:

@@ -43,7 +43,7 @@ from recovery.catalog import replica_dir
 from recovery.cluster_map import LEADER, supervisor_name
 from recovery.replication import ACCEPT, STALE, WAIT, AckTracker, follower_verdict
 from recovery.group_commit import OFF, RedoLog
-from recovery.log_format import LogCodec
+from recovery.log_format import LogCodec, batch_crc
 from recovery.replay import LOG_DIR, SNAPSHOT_DIR, RecoveryReport, recover_replica
 from recovery.snapshots import prune_snapshots, write_snapshot
 
@@ -245,6 +245,55 @@ class PartitionReplica:
         self._release_acks()
         return {"epoch": self.epoch, "role": self.role, "written_lsn": self.log.written_lsn,
                 "durable_lsn": self.log.durable_lsn}
+
+    async def fence(self, epoch: int) -> dict[str, Any]:
+        """Join configuration ``epoch`` as a leaderless follower: batches from older epochs are refused."""
+        if epoch > self.epoch:
+            self.epoch = epoch
+            if self.role == LEADER:
+                self._fenced(StaleEpoch(f"fenced into epoch {epoch}", epoch=epoch))
+            self.role, self.leader_name, self.followers = "follower", None, {}
+        return {"epoch": self.epoch, "written_lsn": self.log.written_lsn, "held_lsn": self.log.held_lsn}
+
+    async def promote(self, epoch: int, name: str, followers: dict[str, tuple[Any, int]]) -> dict[str, Any]:
+        """Become leader of ``epoch``: first send every follower what it misses (repair), then serve."""
+        if epoch < self.epoch:
+            return {"error": StaleEpoch(f"promote to epoch {epoch}; this replica is at {self.epoch}", epoch=self.epoch)}
+        self.epoch = epoch
+        repaired: dict[str, tuple[Any, int]] = {}
+        for follower, (handle, lsn) in followers.items():
+            try:
+                for batch, meta in self._batches_since(lsn + 1):
+                    answer = await runtime.get_async(runtime.submit(handle, "replicate", epoch, batch, meta),
+                                                     what=f"repair {follower}")
+                    if isinstance(answer, OhmError):
+                        raise answer
+                    lsn = answer["held_lsn"]
+            except OhmError as err:
+                log.warning("repair of %s failed (%s); it leaves the configuration", follower, err.code)
+                continue
+            repaired[follower] = (handle, lsn)
+        await self.configure(epoch, LEADER, name, repaired)
+        return {"epoch": self.epoch, "written_lsn": self.log.written_lsn, "followers": sorted(repaired)}
+
+    def _batches_since(self, lsn: int) -> list[tuple[Any, dict[bytes, bytes]]]:
+        """Batches holding ``lsn`` and after: from memory, else from the log on disk."""
+        kept = self.log.batches_from(lsn)
+        if kept is not None:
+            return kept
+        found: list[tuple[Any, dict[bytes, bytes]]] = []
+
+        def collect(batch: Any, first: int, epoch: int) -> None:
+            if first + batch.num_rows > lsn:
+                meta = {b"first_lsn": str(first).encode(), b"epoch": str(epoch).encode(),
+                        b"records": str(batch.num_rows).encode(), b"crc32": str(batch_crc(batch)).encode()}
+                found.append((batch, meta))
+
+        segments.read_log(os.path.join(self.directory, LOG_DIR), self.codec, collect, repair=False)
+        if not found or int(found[0][1][b"first_lsn"]) > lsn:
+            raise LogWriteFailed(f"partition {self.core.partition_id}: the log no longer reaches back to lsn {lsn}",
+                                 partition=self.core.partition_id)
+        return found
 
     # -- replication: follower side ----------------------------------------------------------------
 

@@ -298,8 +298,10 @@ class PartitionCore:
 
     def apply_redo(self, records: Iterable[RedoRecord]) -> None:
         """Apply redo records produced by a leader (follower / recovery path)."""
+        mask = (1 << TXN_SEQ_BITS) - 1
         for rec in records:
             apply_record(self.tables, rec)
+            self.txn_seq = max(self.txn_seq, rec.txn_id & mask)  # a promoted follower numbers on from here
 
     def row_counts(self) -> dict[str, int]:
         return {name: len(rows) for name, rows in self.tables.items()}

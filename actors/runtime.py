@@ -102,6 +102,11 @@ def list_names(prefix: str = "") -> list[str]:
     return sorted(a["name"] for a in found if a.get("namespace") == NAMESPACE and a["name"].startswith(prefix))
 
 
+def actor_id(handle: Any) -> str | None:
+    """A stable identity of the actor behind a handle (None for no handle)."""
+    return None if handle is None else handle._actor_id.hex()
+
+
 def kill(handle: Any) -> None:
     """Kill an actor for good (no restart); a dead actor is not an error."""
     try:

@@ -24,6 +24,7 @@ from actors.partition_actor import PartitionReplica
 from actors.schema import Schema
 from recovery.cluster_map import DEAD, FOLLOWER, LEADER, SERVING, ClusterMap
 from recovery.replay import RecoveryFailed
+from recovery.replication import choose_leader
 
 log = logging.getLogger("ohmdb.supervisor")
 
@@ -85,6 +86,56 @@ class Supervisor:
         if "error" in answer:
             raise answer["error"]
 
+    def leader_failed(self, partition: int, version_seen: int) -> dict[str, Any]:
+        """A client found the partition's leader dead: fence, promote the most advanced live follower.
+
+        Phases (each logged): fence (epoch + 1 on every live follower, which
+        stops them accepting the old leader), choose (highest LSN held),
+        promote (the new leader first sends the others what they miss), publish.
+        """
+        m = self._map()
+        leader = m.leader(partition) if any(r.role == LEADER for r in m.of_partition(partition)) else None
+        if m.version > version_seen and leader is not None and leader.state == SERVING:
+            return self.routing()
+        epoch = max(r.epoch for r in m.of_partition(partition)) + 1
+        log.warning("phase=fence partition=%d epoch=%d", partition, epoch)
+        if leader is not None:
+            leader.state, leader.role = DEAD, FOLLOWER
+            runtime.kill(self.handles[leader.actor_name])  # a hung leader must not act when it wakes
+        candidates = [r for r in m.of_partition(partition) if r.state == SERVING]
+        refs = [runtime.submit(self.handles[r.actor_name], "fence", epoch) for r in candidates]
+        held: dict[int, int] = {}
+        for rep, answer in zip(candidates, runtime.get_each(refs, self.config.control_timeout_s, what="fence")):
+            if isinstance(answer, OhmError):
+                rep.state = DEAD
+                runtime.kill(self.handles[rep.actor_name])
+                continue
+            rep.epoch = epoch
+            held[rep.replica] = answer["written_lsn"]
+        chosen = choose_leader(held)
+        m.version += 1
+        if chosen is None:
+            log.error("phase=unavailable partition=%d: no live replica", partition)
+            return self.routing()
+        new = next(r for r in candidates if r.replica == chosen)
+        log.warning("phase=promote partition=%d replica=%s lsn=%d", partition, new.actor_name, held[chosen])
+        followers = {r.actor_name: (self.handles[r.actor_name], held[r.replica])
+                     for r in candidates if r.replica in held and r.replica != chosen}
+        answer = runtime.call(self.handles[new.actor_name], "promote", epoch, new.actor_name, followers,
+                              timeout_s=self.config.call_timeout_s)
+        if "error" in answer:
+            raise answer["error"]
+        new.role = LEADER
+        for r in candidates:
+            if r.replica != chosen and r.actor_name not in answer["followers"] and r.state == SERVING:
+                r.state = DEAD
+                runtime.kill(self.handles[r.actor_name])
+        for r in candidates:
+            if r.actor_name in answer["followers"]:
+                self._configure(r.actor_name, epoch, FOLLOWER, new.actor_name, {})
+        log.warning("phase=published partition=%d leader=%s epoch=%d version=%d", partition, new.actor_name, epoch, m.version)
+        return self.routing()
+
     def follower_failed(self, partition: int, actor_name: str, epoch: int) -> bool:
         """A leader lost a follower: take it out of the configuration so acknowledgements go on."""
         m = self._map()
@@ -102,9 +153,13 @@ class Supervisor:
         return True
 
     def routing(self) -> dict[str, Any]:
-        """Leader handles by partition, with the map version they belong to."""
+        """Leader handles by partition (None: no live replica), with the map version they belong to."""
         m = self._map()
-        return {"version": m.version, "leaders": [self.handles[m.leader(p).actor_name] for p in range(m.partitions)]}
+        leaders = []
+        for p in range(m.partitions):
+            lead = [r for r in m.of_partition(p) if r.role == LEADER and r.state == SERVING]
+            leaders.append(self.handles[lead[0].actor_name] if lead else None)
+        return {"version": m.version, "leaders": leaders}
 
     def describe(self) -> tuple[dict[str, Any], Schema]:
         return self.config.to_dict(), self.schema
@@ -138,7 +193,8 @@ class Supervisor:
             "partitions": m.partitions,
             "k": m.k,
             "replicas": replicas,
-            "leaders": {p: m.leader(p).actor_name for p in range(m.partitions)},
+            "leaders": {p: next((r.actor_name for r in m.of_partition(p) if r.role == LEADER and r.state == SERVING), None)
+                        for p in range(m.partitions)},
             "nodes": runtime.alive_nodes(),
             "supervisor": {"actor_name": f"{self.config.name}:supervisor", **self.identity},
             "counts": _totals(replicas, {t.name for t in self.schema.tables.values() if t.replicated}),

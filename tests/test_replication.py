@@ -7,7 +7,8 @@ import threading
 import pytest
 
 from actors import Cluster, runtime
-from actors.errors import NotLeader, StaleEpoch
+from actors.errors import NotLeader, PartitionUnavailable, StaleEpoch
+from actors.routing import partition_of
 from recovery.log_format import LogCodec
 from recovery.redo import INSERT, RedoRecord
 from recovery.replication import ACCEPT, DUPLICATE, STALE, WAIT, AckTracker, choose_leader, follower_verdict
@@ -145,5 +146,99 @@ def test_replication_in_the_other_durability_modes(ray_address, tmp_path, durabi
         db.call_many("credit", [(i, 100 + i, 3) for i in range(5)])
         states = _replica_states(db)[0]
         assert len(states) == 2 and states[0][0] == states[1][0] and states[0][2] == states[1][2]
+    finally:
+        db.shutdown()
+
+
+# --- failover -----------------------------------------------------------------------------------------
+
+
+class Writer:
+    """Credits in a background thread; remembers what was acknowledged and what is unknown."""
+
+    def __init__(self, db: Cluster, accounts: int) -> None:
+        self.db, self.accounts = db, accounts
+        self.acked: list[tuple[int, int, int]] = []
+        self.unknown: list[tuple[tuple, Exception]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        seq = 0
+        while not self.stop.is_set():
+            batch = [(i, seq + i, 1 + i % 3) for i in range(self.accounts)]
+            seq += 1000
+            for args, out in zip(batch, self.db.call_many("credit", batch)):
+                if isinstance(out, int):
+                    self.acked.append(args)
+                else:
+                    self.unknown.append((args, out))
+
+    def wait_for_acks(self, n: int, timeout_s: float = 60) -> None:
+        import time
+        deadline = time.monotonic() + timeout_s
+        target = len(self.acked) + n
+        while len(self.acked) < target:
+            assert time.monotonic() < deadline, "writes did not continue"
+            time.sleep(0.01)
+
+    def __enter__(self) -> "Writer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(timeout=120)
+
+
+def _check_state(db: Cluster, writer: Writer) -> None:
+    state = db.call("dump")
+    entries = {(e["account"], e["seq"]): e["amount"] for e in state["entries"]}
+    for account, seq, amount in writer.acked:
+        assert entries.get((account, seq)) == amount, f"acknowledged credit {account}/{seq} lost"
+    sums: dict[int, int] = {}
+    for (account, _), amount in entries.items():
+        sums[account] = sums.get(account, 0) + amount
+    for row in state["accounts"]:
+        assert row["balance"] == sums.get(row["id"], 0), f"account {row['id']} half-applied or applied twice"
+    for p, states in _replica_states(db).items():
+        assert all(s == states[0] for s in states), f"partition {p} replicas differ: {states}"
+
+
+def test_killing_each_leader_under_load_fails_over_and_loses_nothing(ray_address, tmp_path):
+    db = Cluster.create(bank.schema(), partitions=2, k=2, name="test-failover", data_dir=str(tmp_path))
+    try:
+        db.call_many("open_account", [(i, f"o{i}", 0) for i in range(12)])
+        with Writer(db, 12) as writer:
+            writer.wait_for_acks(200)
+            for victim_partition in (0, 1, 0):
+                leader = db.status()["leaders"][victim_partition]
+                runtime.kill(runtime.find(leader))
+                writer.wait_for_acks(200)  # the load continues on the promoted follower
+        assert all(isinstance(err, PartitionUnavailable) for _, err in writer.unknown)
+        status = db.status()
+        epochs = {p: max(r["epoch"] for r in status["replicas"] if r["partition"] == p) for p in (0, 1)}
+        assert epochs == {0: 3, 1: 2}
+        _check_state(db, writer)
+    finally:
+        db.shutdown()
+
+
+def test_losing_every_replica_makes_the_partition_unavailable_not_wrong(ray_address, tmp_path):
+    db = Cluster.create(bank.schema(), partitions=2, k=1, name="test-unavailable", data_dir=str(tmp_path))
+    try:
+        on = {}
+        for i in range(20):
+            on.setdefault(partition_of(i, 2), i)
+        db.call_many("open_account", [(on[0], "zero", 0), (on[1], "one", 0)])
+        for name in ("test-unavailable:p0:r0", "test-unavailable:p0:r1"):
+            runtime.kill(runtime.find(name))
+            assert runtime.wait_gone(name, 30)
+        first = db.call_many("deposit", [(on[0], 1), (on[1], 1)])
+        assert isinstance(first[0], PartitionUnavailable) and first[1] == 1
+        with pytest.raises(PartitionUnavailable, match="no live replica"):
+            db.call("deposit", on[0], 1)
+        assert db.status()["leaders"][0] is None
+        assert db.call("deposit", on[1], 1) == 2  # the other partition keeps serving
     finally:
         db.shutdown()
