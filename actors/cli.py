@@ -233,13 +233,16 @@ def _log_dump(args: argparse.Namespace) -> int:
                     lsn = first + offset
                     if lsn < args.from_lsn:
                         continue
+                    row = rec.row
+                    if rec.op == "REQUEST":  # a client request's pickled outcome: show its size only
+                        row = {"outcome_bytes": len(rec.row["outcome"])}
                     entry = {"partition": p, "replica": r, "lsn": lsn, "epoch": epoch, "txn_id": rec.txn_id,
-                             "op": rec.op, "table": rec.table, "key": rec.key, "row": rec.row}
+                             "op": rec.op, "table": rec.table, "key": rec.key, "row": row}
                     if args.json:
                         print(json.dumps(entry, default=str))
                     else:
                         print(f"p{p} r{r} lsn={lsn} epoch={epoch} txn={rec.txn_id} {rec.op} {rec.table} "
-                              f"key={rec.key!r} row={rec.row!r}")
+                              f"key={rec.key!r} row={row!r}")
 
             scan = read_log(directory, codec, show, repair=False)
             for cut in scan.cut:

@@ -21,6 +21,7 @@ takes them over.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import threading
@@ -54,7 +55,7 @@ class BatchFuture:
         self._procedure = procedure
         self._args = args or []
         self._size = size
-        self._groups = groups          # (partition, input indices, object ref)
+        self._groups = groups          # (partition, input indices, object ref, calls, request id)
         self._errors = errors          # input index -> error known before sending
         self._timeout_s = timeout_s
         self._value: list[Any] | None = None
@@ -80,22 +81,44 @@ class BatchFuture:
         if self._value is None:
             deadline_s = self._timeout_s if timeout_s is None else timeout_s
             answers = runtime.get_each([g[2] for g in self._groups], deadline_s, what="execute_batch")
+            answers = self._retry_dead_leaders(answers, deadline_s)
             out: list[Any] = [None] * self._size
             for index, err in self._errors.items():
                 out[index] = err
-            for (partition, indices, _), answer in zip(self._groups, answers):
+            for (partition, indices, *_), answer in zip(self._groups, answers):
                 self._fill(out, partition, indices, answer)
             self._value = out
         return self._value
+
+    def _retry_dead_leaders(self, answers: list[Any], deadline_s: float) -> list[Any]:
+        """Re-send a dead leader's batches, with their request ids, to the promoted follower.
+
+        The new leader returns the first outcome of a batch the old one had
+        replicated, and executes one it never saw: each batch applies once.
+        """
+        for _ in range(DEAD_LEADER_RETRIES):
+            dead = [k for k, a in enumerate(answers) if isinstance(a, ActorDied)]
+            if not dead:
+                break
+            for partition in {self._groups[k][0] for k in dead}:
+                self._cluster._leader_failed(partition)
+            resent: dict[int, Any] = {}
+            for k in dead:
+                partition, _, _, calls, request_id = self._groups[k]
+                try:
+                    resent[k] = self._cluster._submit(partition, "execute_batch", calls, request_id)
+                except PartitionUnavailable as err:
+                    answers[k] = err
+            for k, answer in zip(resent, runtime.get_each(list(resent.values()), deadline_s, what="execute_batch")):
+                answers[k] = answer
+        return answers
 
     def _fill(self, out: list[Any], partition: int, indices: list[int], answer: Any) -> None:
         if isinstance(answer, OhmError):
             err = answer
             if isinstance(answer, ActorDied):
-                self._cluster._leader_failed(partition)
                 err = PartitionUnavailable(
-                    f"partition {partition}: its leader died; the outcome of these transactions is unknown "
-                    "(a new leader takes over for the next calls)",
+                    f"partition {partition}: its leaders kept dying; the outcome of these transactions is unknown",
                     partition=partition, cause=answer.message,
                 )
             for i in indices:
@@ -182,6 +205,7 @@ class Cluster:
         self._client_id = uuid.uuid4().hex
         self._seq = [0] * config.partitions
         self._submit_lock = threading.Lock()
+        self._requests = itertools.count()
         self._refresh_routing()
 
     def _submit(self, partition: int, method: str, *args: Any) -> Any:
@@ -332,10 +356,11 @@ class Cluster:
                     f"partition {p} has no live replica; it serves again once recovered from disk", partition=p)
                 continue
             by_partition.setdefault(p, []).append(i)
-        groups = [
-            (p, idx, self._submit(p, "execute_batch", [(proc.name, batch[i]) for i in idx]))
-            for p, idx in by_partition.items()
-        ]
+        groups = []
+        for p, idx in by_partition.items():
+            calls = [(proc.name, batch[i]) for i in idx]
+            request_id = f"{self._client_id}:{next(self._requests)}"
+            groups.append((p, idx, self._submit(p, "execute_batch", calls, request_id), calls, request_id))
         return BatchFuture(self, len(batch), groups, errors, timeout, proc.name, batch)
 
     def snapshot(self) -> list[dict[str, Any]]:
@@ -412,6 +437,8 @@ class Cluster:
 CONNECT_TIMEOUT_S = 30.0
 #: Times a batch refused with NOT_LEADER (never executed) is re-sent after a routing refresh.
 NOT_LEADER_RETRIES = 3
+#: Times a batch whose leader died is re-sent (same request id) to the promoted follower.
+DEAD_LEADER_RETRIES = 3
 
 
 def _open_data_dir(data_dir: str, config: ClusterConfig, schema: Schema) -> bool:

@@ -44,6 +44,7 @@ from recovery.cluster_map import LEADER, supervisor_name
 from recovery.replication import ACCEPT, STALE, WAIT, AckTracker, follower_verdict
 from recovery.group_commit import OFF, RedoLog
 from recovery.log_format import LogCodec, batch_crc
+from recovery.redo import REQUEST, RedoRecord
 from recovery.replay import LOG_DIR, SNAPSHOT_DIR, RecoveryReport, recover_replica
 from recovery.snapshots import prune_snapshots, write_snapshot
 
@@ -87,15 +88,26 @@ class PartitionReplica:
 
     # -- transactions (default group: ordered per client, executed one at a time) ------------
 
-    async def execute_batch(self, client: str, seq: int, calls: list[tuple[str, tuple]]) -> tuple[list[Any], dict[int, OhmError], OhmError | None]:
+    async def execute_batch(self, client: str, seq: int, calls: list[tuple[str, tuple]],
+                            request_id: str | None = None) -> tuple[list[Any], dict[int, OhmError], OhmError | None]:
         await self.sequencer.turn(client, seq)
         refusal = self._refuse_unless_leader()
         if refusal is not None:
             return [], {}, refusal
+        if request_id is not None:
+            first = self.core.recall(request_id)
+            if first is not None:  # a retry: the first outcome, never a second execution
+                results, errors = runtime.loads(first)
+                batch_error = await self._replicated(self.log.written_lsn)
+                return ([], {}, batch_error) if batch_error is not None else (results, errors, None)
         try:
             out = self.core.execute_batch(calls)
         except OhmError as err:
             return [], {}, err
+        if request_id is not None:
+            outcome = runtime.dumps((out.results, out.errors))
+            out.redo.append(RedoRecord(0, REQUEST, "", request_id, {"outcome": outcome}))
+            self.core.remember(request_id, outcome)
         batch_error = await self._make_durable(out.redo)
         if batch_error is not None:
             return [], {}, batch_error
@@ -352,19 +364,21 @@ class PartitionReplica:
             return self._snapshot_thread
         started = time.perf_counter()
         state = self.core.state_copy()
+        requests = list(self.core.requests.items())
         lsn = self.log.written_lsn
         copy_s = time.perf_counter() - started
         self._bytes_at_snapshot = self.log.writer.bytes_written if self.log.writer else 0
         self._snapshot_thread = threading.Thread(
-            target=self._write_snapshot, args=(state, lsn, copy_s), name="ohmdb-snapshot", daemon=True,
+            target=self._write_snapshot, args=(state, requests, lsn, copy_s), name="ohmdb-snapshot", daemon=True,
         )
         self._snapshot_thread.start()
         return self._snapshot_thread
 
-    def _write_snapshot(self, state: dict[str, list[dict[str, Any]]], lsn: int, copy_s: float) -> None:
+    def _write_snapshot(self, state: dict[str, list[dict[str, Any]]], requests: list[tuple[str, bytes]],
+                        lsn: int, copy_s: float) -> None:
         snap_dir = os.path.join(self.directory, SNAPSHOT_DIR)
         try:
-            manifest = write_snapshot(snap_dir, self.core.schema, lsn, self.epoch, state)
+            manifest = write_snapshot(snap_dir, self.core.schema, lsn, self.epoch, state, requests)
             oldest_kept = prune_snapshots(snap_dir)
             removed = self.log.writer.delete_segments_before(oldest_kept) if oldest_kept and self.log.writer else []
             self.snapshots_taken += 1

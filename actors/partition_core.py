@@ -23,6 +23,7 @@ Ray or files.
 from __future__ import annotations
 
 import traceback
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, NoReturn
 
@@ -32,7 +33,7 @@ from actors.errors import (
 )
 from actors.routing import partition_of
 from actors.schema import Schema, Table
-from recovery.redo import DELETE, INSERT, UPDATE, RedoRecord, apply_record
+from recovery.redo import DELETE, INSERT, REQUEST, UPDATE, RedoRecord, apply_record
 
 #: Default upper bound on transactions in one batch (one actor call).
 BATCH_TXNS_MAX = 10_000
@@ -40,6 +41,8 @@ BATCH_TXNS_MAX = 10_000
 TRACEBACK_CHARS_MAX = 4_000
 #: Bits of a txn id that hold the per-partition sequence number.
 TXN_SEQ_BITS = 40
+#: Client request outcomes remembered for retries (oldest forgotten first).
+REQUESTS_KEPT_MAX = 100_000
 
 
 @dataclass
@@ -186,6 +189,7 @@ class PartitionCore:
         self.aborted = 0   # user aborts
         self.failed = 0    # every other error
         self.fragments = 0  # read-only fragments of multi-partition procedures (not transactions here)
+        self.requests: OrderedDict[str, bytes] = OrderedDict()  # request id -> pickled outcome
 
     # -- execution ----------------------------------------------------------------
 
@@ -300,8 +304,21 @@ class PartitionCore:
         """Apply redo records produced by a leader (follower / recovery path)."""
         mask = (1 << TXN_SEQ_BITS) - 1
         for rec in records:
+            if rec.op == REQUEST:
+                self.remember(rec.key, rec.row["outcome"])
+                continue
             apply_record(self.tables, rec)
             self.txn_seq = max(self.txn_seq, rec.txn_id & mask)  # a promoted follower numbers on from here
+
+    def remember(self, request_id: str, outcome: bytes) -> None:
+        """Keep a request's outcome for retries (bounded: the oldest are forgotten)."""
+        self.requests[request_id] = outcome
+        self.requests.move_to_end(request_id)
+        while len(self.requests) > REQUESTS_KEPT_MAX:
+            self.requests.popitem(last=False)
+
+    def recall(self, request_id: str) -> bytes | None:
+        return self.requests.get(request_id)
 
     def row_counts(self) -> dict[str, int]:
         return {name: len(rows) for name, rows in self.tables.items()}

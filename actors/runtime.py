@@ -219,6 +219,15 @@ def own_identity() -> dict[str, Any]:
     return {"node_id": own_node_id(), "pid": os.getpid()}
 
 
+def dumps(value: Any) -> bytes:
+    """Serialize as Ray does (cloudpickle): what a call can return, this can store."""
+    return ray.cloudpickle.dumps(value)
+
+
+def loads(data: bytes) -> Any:
+    return ray.cloudpickle.loads(data)
+
+
 def register_by_value(modules: Iterable[Any]) -> None:
     """Ship these modules' functions by value (a driver's own procedures)."""
     for module in modules:

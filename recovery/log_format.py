@@ -8,7 +8,9 @@ A log batch is an Arrow record batch with one row per redo record:
 INSERT / UPDATE / DELETE), ``table`` (string), then one nullable struct column
 per table of the schema, named after the table, holding the row's after-image
 (INSERT, UPDATE) or only its primary-key columns (DELETE).  Every other table
-column of that row is null.  So a segment is a plain Arrow IPC stream that
+column of that row is null.  A ``REQUEST`` record (table ``""``) closes a
+client's batch: its ``request`` column holds the request id and the pickled
+outcome, so a retry after a failover gets the first outcome.  So a segment is a plain Arrow IPC stream that
 pyarrow, DuckDB, Polars or pandas read as is.
 
 Each batch carries custom metadata: ``first_lsn``, ``epoch``, ``records`` and
@@ -29,14 +31,15 @@ import pyarrow as pa
 
 from actors.errors import InvalidConfig
 from actors.schema import Schema, Table
-from recovery.redo import DELETE, OPS, RedoRecord
+from recovery.redo import DELETE, OPS, REQUEST, RedoRecord
 
 FORMAT_VERSION = "1"
+REQUEST_COLUMN = "request"
 META_FIRST_LSN = b"first_lsn"
 META_EPOCH = b"epoch"
 META_RECORDS = b"records"
 META_CRC = b"crc32"
-HEADER_COLUMNS = ("lsn", "epoch", "txn_id", "op", "table")
+HEADER_COLUMNS = ("lsn", "epoch", "txn_id", "op", "table", "request")
 
 
 class CorruptBatch(Exception):
@@ -50,6 +53,7 @@ def log_schema(schema: Schema) -> pa.Schema:
         pa.field("txn_id", pa.int64(), nullable=False),
         pa.field("op", pa.string(), nullable=False),
         pa.field("table", pa.string(), nullable=False),
+        pa.field(REQUEST_COLUMN, pa.struct([("id", pa.string()), ("outcome", pa.binary())]), nullable=True),
     ]
     for t in schema.tables.values():
         if t.name in HEADER_COLUMNS:
@@ -80,7 +84,11 @@ class LogCodec:
         """The batch for ``records`` numbered from ``first_lsn``, and its metadata."""
         n = len(records)
         columns: dict[str, list[Any]] = {name: [None] * n for name in self._tables}
+        requests: list[Any] = [None] * n
         for i, rec in enumerate(records):
+            if rec.op == REQUEST:
+                requests[i] = {"id": rec.key, "outcome": rec.row["outcome"]}
+                continue
             image = rec.row if rec.op != DELETE else self._key_image(rec.table, rec.key)
             columns[rec.table][i] = image
         arrays = [
@@ -89,6 +97,7 @@ class LogCodec:
             pa.array([r.txn_id for r in records], type=pa.int64()),
             pa.array([r.op for r in records], type=pa.string()),
             pa.array([r.table for r in records], type=pa.string()),
+            pa.array(requests, type=self.arrow_schema.field(REQUEST_COLUMN).type),
         ]
         for name in self._tables:
             arrays.append(pa.array(columns[name], type=self.arrow_schema.field(name).type))
@@ -107,6 +116,12 @@ class LogCodec:
         out = []
         for i in range(batch.num_rows):
             table, op = cols["table"][i], cols["op"][i]
+            if op == REQUEST:
+                req = cols[REQUEST_COLUMN][i]
+                if req is None:
+                    raise CorruptBatch(f"record lsn={cols['lsn'][i]}: REQUEST without a request")
+                out.append(RedoRecord(cols["txn_id"][i], REQUEST, "", req["id"], {"outcome": req["outcome"]}))
+                continue
             t = self._tables.get(table)
             if t is None or op not in OPS:
                 raise CorruptBatch(f"record lsn={cols['lsn'][i]}: unknown table {table!r} or op {op!r}")

@@ -21,7 +21,10 @@ from typing import Any, MutableMapping, NamedTuple
 INSERT = "INSERT"
 UPDATE = "UPDATE"
 DELETE = "DELETE"
-OPS = (INSERT, UPDATE, DELETE)
+#: The outcome of a client request (a batch): key = request id, row = {"outcome": pickled bytes}.
+#: Logged with the batch's writes so a retry after a failover finds it on the new leader.
+REQUEST = "REQUEST"
+OPS = (INSERT, UPDATE, DELETE, REQUEST)
 
 
 class RedoRecord(NamedTuple):
@@ -34,6 +37,8 @@ class RedoRecord(NamedTuple):
 
 def apply_record(tables: MutableMapping[str, dict[Any, dict[str, Any]]], rec: RedoRecord) -> None:
     """Apply one record to ``tables`` (table name -> key -> row)."""
+    if rec.op == REQUEST:
+        return  # not table data: the partition core remembers it (PartitionCore.apply_redo)
     if rec.op == DELETE:
         tables[rec.table].pop(rec.key, None)
     elif rec.op in (INSERT, UPDATE):

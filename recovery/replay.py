@@ -30,7 +30,6 @@ import pyarrow as pa
 from actors.errors import OhmError
 from actors.partition_core import PartitionCore
 from recovery.log_format import LogCodec
-from recovery.redo import apply_record
 from recovery.segments import read_log
 from recovery.snapshots import SnapshotInvalid, list_snapshots, load_snapshot
 
@@ -96,6 +95,8 @@ def _load_newest_snapshot(directory: str, core: PartitionCore, report: RecoveryR
             log.warning("skipping snapshot %s: %s", path, exc)
             continue
         core.restore(snap.rows)
+        for request_id, outcome in snap.requests:
+            core.remember(request_id, outcome)
         report.snapshot_lsn = report.last_lsn = snap.lsn
         report.last_epoch = snap.epoch
         report.snapshot = os.path.basename(path)
@@ -120,7 +121,7 @@ def _replay(directory: str, core: PartitionCore, codec: LogCodec, report: Recove
             if first + offset <= base:
                 report.records_skipped += 1
                 continue
-            apply_record(core.tables, rec)
+            core.apply_redo([rec])
             report.records_replayed += 1
         report.log_batches += 1
         report.last_lsn = last

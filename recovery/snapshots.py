@@ -33,6 +33,9 @@ from recovery.segments import fsync_dir
 SNAPSHOTS_KEPT = 2
 SNAPSHOT_RE = re.compile(r"^snap-(\d{20})$")
 MANIFEST = "manifest.json"
+#: Remembered request outcomes (not a table; the name cannot collide with an identifier).
+REQUESTS_FILE = "ohmdb-requests.arrow"
+REQUESTS_SCHEMA = pa.schema([("id", pa.string()), ("outcome", pa.binary())])
 
 
 def snapshot_name(lsn: int) -> str:
@@ -61,7 +64,7 @@ def _crc_file(path: str) -> tuple[int, int]:
 
 
 def write_snapshot(directory: str, schema: Schema, lsn: int, epoch: int,
-                   rows: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+                   rows: dict[str, list[dict[str, Any]]], requests: list[tuple[str, bytes]] = ()) -> dict[str, Any]:
     """Write a snapshot of ``rows`` (table -> row dicts) taken at ``lsn``; its manifest."""
     os.makedirs(directory, exist_ok=True)
     final = os.path.join(directory, snapshot_name(lsn))
@@ -73,17 +76,24 @@ def write_snapshot(directory: str, schema: Schema, lsn: int, epoch: int,
     os.makedirs(tmp)
     started = time.perf_counter()
     files: dict[str, Any] = {}
-    for name, table in schema.tables.items():
-        data = pa.Table.from_pylist(rows.get(name, []), schema=table.schema)
-        path = os.path.join(tmp, f"{name}.arrow")
+    parts = [(name, t.schema, pa.Table.from_pylist(rows.get(name, []), schema=t.schema), f"{name}.arrow")
+             for name, t in schema.tables.items()]
+    parts.append(("", REQUESTS_SCHEMA, pa.Table.from_pylist([{"id": i, "outcome": o} for i, o in requests],
+                                                             schema=REQUESTS_SCHEMA), REQUESTS_FILE))
+    for name, table_schema, data, file_name in parts:
+        path = os.path.join(tmp, file_name)
         with open(path, "wb") as raw:
-            with pa.ipc.new_file(raw, table.schema) as writer:
+            with pa.ipc.new_file(raw, table_schema) as writer:
                 writer.write_table(data)
             raw.flush()
             os.fsync(raw.fileno())
         crc, size = _crc_file(path)
-        files[name] = {"file": f"{name}.arrow", "rows": data.num_rows, "crc32": crc, "bytes": size}
-    manifest = {"lsn": lsn, "epoch": epoch, "tables": files, "created_at": time.time(),
+        entry = {"file": file_name, "rows": data.num_rows, "crc32": crc, "bytes": size}
+        if name:
+            files[name] = entry
+        else:
+            requests_entry = entry
+    manifest = {"lsn": lsn, "epoch": epoch, "tables": files, "requests": requests_entry, "created_at": time.time(),
                 "write_s": round(time.perf_counter() - started, 6)}
     with open(os.path.join(tmp, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
@@ -105,6 +115,7 @@ class LoadedSnapshot:
     epoch: int
     path: str
     rows: dict[str, list[dict[str, Any]]]
+    requests: list[tuple[str, bytes]]
 
 
 def load_snapshot(path: str, schema: Schema) -> LoadedSnapshot:
@@ -114,21 +125,25 @@ def load_snapshot(path: str, schema: Schema) -> LoadedSnapshot:
             manifest = json.load(f)
         rows: dict[str, list[dict[str, Any]]] = {}
         for name, table in schema.tables.items():
-            entry = manifest["tables"][name]
-            file_path = os.path.join(path, entry["file"])
-            crc, size = _crc_file(file_path)
-            if (crc, size) != (entry["crc32"], entry["bytes"]):
-                raise SnapshotInvalid(f"{file_path}: checksum or size differs from the manifest")
-            with pa.memory_map(file_path) as source:
-                data = pa.ipc.open_file(source).read_all()
-            if not data.schema.equals(table.schema) or data.num_rows != entry["rows"]:
-                raise SnapshotInvalid(f"{file_path}: schema or row count differs from the manifest")
-            rows[name] = data.to_pylist()
-        return LoadedSnapshot(int(manifest["lsn"]), int(manifest.get("epoch", 0)), path, rows)
+            rows[name] = _read_verified(path, manifest["tables"][name], table.schema).to_pylist()
+        requests = [(r["id"], r["outcome"]) for r in _read_verified(path, manifest["requests"], REQUESTS_SCHEMA).to_pylist()]
+        return LoadedSnapshot(int(manifest["lsn"]), int(manifest.get("epoch", 0)), path, rows, requests)
     except SnapshotInvalid:
         raise
     except (OSError, KeyError, ValueError, TypeError, pa.ArrowException) as exc:
         raise SnapshotInvalid(f"{path}: {type(exc).__name__}: {exc}") from None
+
+
+def _read_verified(path: str, entry: dict[str, Any], schema: pa.Schema) -> pa.Table:
+    file_path = os.path.join(path, entry["file"])
+    crc, size = _crc_file(file_path)
+    if (crc, size) != (entry["crc32"], entry["bytes"]):
+        raise SnapshotInvalid(f"{file_path}: checksum or size differs from the manifest")
+    with pa.memory_map(file_path) as source:
+        data = pa.ipc.open_file(source).read_all()
+    if not data.schema.equals(schema) or data.num_rows != entry["rows"]:
+        raise SnapshotInvalid(f"{file_path}: schema or row count differs from the manifest")
+    return data
 
 
 def prune_snapshots(directory: str, keep: int = SNAPSHOTS_KEPT) -> int | None:

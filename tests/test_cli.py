@@ -80,8 +80,11 @@ def test_log_dump_and_recover_on_a_data_dir(ray_address, tmp_path):
     proc = _ohmdb(["log", "dump", "--data-dir", str(data_dir), "--json"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert len(records) == 6 + 6 * 2  # 6 inserts, then an entry insert and a balance update per credit
-    assert {r["op"] for r in records} == {"INSERT", "UPDATE"} and {r["partition"] for r in records} == {0, 1}
+    data = [r for r in records if r["op"] != "REQUEST"]
+    assert len(data) == 6 + 6 * 2  # 6 inserts, then an entry insert and a balance update per credit
+    assert {r["op"] for r in data} == {"INSERT", "UPDATE"} and {r["partition"] for r in records} == {0, 1}
+    requests = [r for r in records if r["op"] == "REQUEST"]
+    assert len(requests) == 4 and all(r["row"]["outcome_bytes"] > 0 for r in requests)  # one per batch per partition
     for p in (0, 1):
         lsns = [r["lsn"] for r in records if r["partition"] == p]
         assert lsns == list(range(1, len(lsns) + 1))
