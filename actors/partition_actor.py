@@ -33,6 +33,8 @@ import threading
 import time
 from typing import Any, Callable
 
+import pyarrow as pa
+
 from actors import runtime
 from actors.errors import LogWriteFailed, NotLeader, OhmError, StaleEpoch, Timeout
 from actors.partition_core import PartitionCore, is_failure
@@ -40,7 +42,7 @@ from actors.schema import Schema
 from actors.sequencer import Sequencer
 from recovery import segments
 from recovery.catalog import replica_dir
-from recovery.cluster_map import LEADER, supervisor_name
+from recovery.cluster_map import FOLLOWER, LEADER, supervisor_name
 from recovery.replication import ACCEPT, STALE, WAIT, AckTracker, follower_verdict
 from recovery.group_commit import OFF, RedoLog
 from recovery.log_format import LogCodec, batch_crc
@@ -72,19 +74,23 @@ class PartitionReplica:
         self.identity = runtime.own_identity()
         self.recovery: RecoveryReport | None = None
         self.snapshots_taken = 0
+        self.installs = 0  # times this replica was rebuilt from a leader's copy
         self.last_snapshot: dict[str, Any] | None = None
         self._snapshot_thread: threading.Thread | None = None
         self._bytes_at_snapshot = 0
         self.directory = None if not config.get("data_dir") else replica_dir(config["data_dir"], partition, replica)
         next_lsn = 1
-        writer = None
         if self.directory is not None:
             self.recovery = recover_replica(self.directory, self.core, self.codec)
             next_lsn = self.recovery.next_lsn
-        if config["durability"] != OFF:
+        self.log = self._open_log(next_lsn)
+
+    def _open_log(self, next_lsn: int) -> RedoLog:
+        writer = None
+        if self.config["durability"] != OFF:
             writer = segments.SegmentWriter(os.path.join(self.directory, LOG_DIR), self.codec, next_lsn,
-                                            config["segment_bytes_max"])
-        self.log = RedoLog(config["durability"], self.codec, writer, next_lsn, config["flush_interval_ms"])
+                                            self.config["segment_bytes_max"])
+        return RedoLog(self.config["durability"], self.codec, writer, next_lsn, self.config["flush_interval_ms"])
 
     # -- transactions (default group: ordered per client, executed one at a time) ------------
 
@@ -307,6 +313,63 @@ class PartitionReplica:
                                  partition=self.core.partition_id)
         return found
 
+    # -- rebuild: a new or diverged replica gets the leader's state, then its log tail ---------------
+
+    async def add_follower(self, name: str, handle: Any) -> dict[str, Any]:
+        """Bring ``name`` up to date while serving, then make it part of the configuration.
+
+        1. copy the state at LSN L (row references: the pause is the copy);
+        2. the follower installs it (a snapshot at L on its disk);
+        3. send it the batches after L until it holds everything written;
+        4. in the same step (no await in between) add it to the followers, so
+           every later batch is shipped to it too.
+        """
+        if self.role != LEADER:
+            return {"error": NotLeader(f"add_follower on a {self.role}", leader=self.leader_name)}
+        started = time.perf_counter()
+        lsn = self.log.written_lsn
+        tables = {name_: pa.Table.from_pylist(rows, schema=self.core.schema.tables[name_].schema)
+                  for name_, rows in self.core.state_copy().items()}
+        requests = list(self.core.requests.items())
+        rows = sum(t.num_rows for t in tables.values())
+        answer = await runtime.get_async(runtime.submit(handle, "install", self.epoch, self.leader_name, lsn, tables, requests),
+                                         what=f"install on {name}")
+        if isinstance(answer, OhmError):
+            return {"error": answer}
+        held = answer["held_lsn"]
+        while held < self.log.written_lsn:
+            for batch, meta in self._batches_since(held + 1):
+                reply = await runtime.get_async(runtime.submit(handle, "replicate", self.epoch, batch, meta),
+                                                what=f"catch up {name}")
+                if isinstance(reply, OhmError):
+                    return {"error": reply}
+                held = reply["held_lsn"]
+        self.followers[name] = handle           # no await since the loop's last check:
+        self.acks.acked[name] = held            # every later batch is shipped to it
+        elapsed = time.perf_counter() - started
+        log.info("rebuilt %s: %d rows at lsn %d, caught up to %d in %.3f s", name, rows, lsn, held, elapsed)
+        return {"rows": rows, "snapshot_lsn": lsn, "held_lsn": held, "seconds": elapsed}
+
+    async def install(self, epoch: int, leader_name: str, lsn: int, tables: dict[str, Any],
+                      requests: list[tuple[str, bytes]]) -> dict[str, Any] | OhmError:
+        """Replace this replica's state with a leader's copy at ``lsn`` (old files are moved aside)."""
+        if epoch < self.epoch:
+            return StaleEpoch(f"install from epoch {epoch}; this replica is at {self.epoch}", epoch=self.epoch)
+        self.epoch, self.role, self.leader_name = epoch, FOLLOWER, leader_name
+        rows = {name: table.to_pylist() for name, table in tables.items()}
+        self.log.close()
+        if self.directory is not None:
+            _move_aside(self.directory)
+            write_snapshot(os.path.join(self.directory, SNAPSHOT_DIR), self.core.schema, lsn, epoch, rows, requests)
+        self.core.restore(rows)
+        self.core.requests.clear()
+        for request_id, outcome in requests:
+            self.core.remember(request_id, outcome)
+        self.log = self._open_log(lsn + 1)
+        self._bytes_at_snapshot = 0
+        self.installs += 1
+        return {"held_lsn": self.log.held_lsn}
+
     # -- replication: follower side ----------------------------------------------------------------
 
     async def replicate(self, epoch: int, batch: Any, meta: dict[bytes, bytes]) -> dict[str, Any] | OhmError:
@@ -421,6 +484,7 @@ class PartitionReplica:
             "batches_written": self.log.batches_written,
             "log_failed": None if self.log.failed is None else str(self.log.failed),
             "snapshots_taken": self.snapshots_taken,
+            "installs": self.installs,
             "last_snapshot": self.last_snapshot,
             "recovery": None if self.recovery is None else self.recovery.to_dict(),
         }
@@ -435,3 +499,10 @@ class PartitionReplica:
 
         self.log.writer._fsync = broken_fsync
         return True
+
+
+def _move_aside(directory: str) -> None:
+    """Keep a replaced replica's files (never delete data): rename its directory."""
+    if os.path.isdir(directory) and os.listdir(directory):
+        os.rename(directory, f"{directory}.replaced-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    os.makedirs(directory, exist_ok=True)

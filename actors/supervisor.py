@@ -23,7 +23,6 @@ from actors.errors import ActorDied, OhmError
 from actors.partition_actor import PartitionReplica
 from actors.schema import Schema
 from recovery.cluster_map import DEAD, FOLLOWER, LEADER, SERVING, ClusterMap
-from recovery.replay import RecoveryFailed
 from recovery.replication import choose_leader
 
 log = logging.getLogger("ohmdb.supervisor")
@@ -51,34 +50,49 @@ class Supervisor:
             )
         log.info("phase=await-ready cluster=%s", cfg.name)
         refs = [runtime.submit(self.handles[r.actor_name], "status", control=True) for r in self.map.replicas]
-        lsns: dict[str, int] = {}
+        held: dict[str, tuple[int, int]] = {}
         for rep, answer in zip(self.map.replicas, runtime.get_each(refs, cfg.spawn_timeout_s, what="replica start")):
             if isinstance(answer, OhmError):
                 raise answer
             rep.node_id, rep.pid, rep.state = answer["node_id"], answer["pid"], SERVING
-            lsns[rep.actor_name] = answer["durable_lsn"]
+            recovered = answer["recovery"] or {}
+            held[rep.actor_name] = (recovered.get("last_epoch", 0), answer["written_lsn"])
         log.info("phase=configure cluster=%s k=%d", cfg.name, cfg.k)
         for p in range(self.map.partitions):
-            self._configure_partition(p, lsns)
+            self._configure_partition(p, held)
         log.info("phase=serving cluster=%s", cfg.name)
         return self.map.to_dict()
 
-    def _configure_partition(self, partition: int, lsns: dict[str, int]) -> None:
-        """Tell followers, then the leader, their roles in the partition's current epoch."""
+    def _configure_partition(self, partition: int, held: dict[str, tuple[int, int]]) -> None:
+        """Cold start: the replica whose log is newest (last epoch, then LSN) leads a new epoch.
+
+        Followers holding exactly the same (epoch, LSN) -- within one epoch one
+        leader wrote one sequence, so their logs are equal -- join at once; any
+        other is rebuilt from the leader (its old files are moved aside).
+        """
         m = self._map()
-        leader = m.leader(partition)
-        followers = [r for r in m.of_partition(partition) if r.role == FOLLOWER and r.state == SERVING]
-        held = {lsns[r.actor_name] for r in [leader, *followers]}
-        if len(held) > 1:
-            raise RecoveryFailed(
-                f"partition {partition}: its replicas recovered different LSNs {sorted(held)}; "
-                "repairing diverged replicas at start is not supported yet",
-                partition=partition,
-            )
-        for rep in followers:
-            self._configure(rep.actor_name, leader.epoch, FOLLOWER, leader.actor_name, {})
-        self._configure(leader.actor_name, leader.epoch, LEADER, leader.actor_name,
-                        {r.actor_name: (self.handles[r.actor_name], lsns[r.actor_name]) for r in followers})
+        reps = m.of_partition(partition)
+        best = max(reps, key=lambda r: (*held[r.actor_name], -r.replica))
+        epoch = max(e for e, _ in (held[r.actor_name] for r in reps)) + 1
+        for r in reps:
+            r.role, r.epoch = (LEADER if r is best else FOLLOWER), epoch
+        in_sync = [r for r in reps if r is not best and held[r.actor_name] == held[best.actor_name]]
+        behind = [r for r in reps if r is not best and r not in in_sync]
+        for rep in in_sync:
+            self._configure(rep.actor_name, epoch, FOLLOWER, best.actor_name, {})
+        self._configure(best.actor_name, epoch, LEADER, best.actor_name,
+                        {r.actor_name: (self.handles[r.actor_name], held[r.actor_name][1]) for r in in_sync})
+        for rep in behind:
+            log.info("phase=rebuild partition=%d replica=%s held=%s leader=%s", partition, rep.actor_name,
+                     held[rep.actor_name], held[best.actor_name])
+            self._rebuild(best, rep)
+
+    def _rebuild(self, leader: Any, rep: Any) -> dict[str, Any]:
+        answer = runtime.call(self.handles[leader.actor_name], "add_follower", rep.actor_name,
+                              self.handles[rep.actor_name], timeout_s=self.config.spawn_timeout_s)
+        if "error" in answer:
+            raise answer["error"]
+        return answer
 
     def _configure(self, actor_name: str, epoch: int, role: str, leader: str, followers: dict[str, Any]) -> None:
         answer = runtime.call(self.handles[actor_name], "configure", epoch, role, leader, followers,
@@ -183,7 +197,7 @@ class Supervisor:
             else:
                 entry.update(health="ok" if not answer["log_failed"] else "log-failed", **{
                     k: answer[k] for k in ("rows", "committed", "aborted", "failed", "durability", "written_lsn",
-                                           "durable_lsn", "fsyncs", "batches_written", "log_failed", "leader", "followers", "snapshots_taken",
+                                           "durable_lsn", "fsyncs", "batches_written", "log_failed", "leader", "followers", "snapshots_taken", "installs",
                                            "last_snapshot", "recovery")
                 })
             replicas.append(entry)

@@ -267,3 +267,33 @@ def test_a_retried_request_gets_its_first_outcome_even_after_a_restart(ray_addre
         assert again[0][0] == 5 and db.call("deposit", 1, 0) == 6  # remembered across the restart
     finally:
         db.shutdown()
+
+
+def test_after_failovers_and_losing_every_replica_the_disk_restores_all_acknowledged(ray_address, tmp_path):
+    db = Cluster.create(bank.schema(), partitions=2, k=1, name="test-rep-disk", data_dir=str(tmp_path))
+    try:
+        db.call_many("open_account", [(i, f"o{i}", 0) for i in range(10)])
+        with Writer(db, 10) as writer:
+            writer.wait_for_acks(200)
+            runtime.kill(runtime.find(db.status()["leaders"][0]))   # failover: p0 now has one replica
+            writer.wait_for_acks(200)
+            runtime.kill(runtime.find(db.status()["leaders"][0]))   # and loses it: unavailable
+            deadline = 600
+            while not any(isinstance(e, PartitionUnavailable) for _, e in writer.unknown) and deadline:
+                writer.wait_for_acks(1)
+                deadline -= 1
+        assert any(isinstance(e, PartitionUnavailable) for _, e in writer.unknown)
+    finally:
+        db.shutdown()
+    # The two replicas of p0 stopped at different points, in different epochs: the newest log
+    # leads, the other is rebuilt from it.
+    db = Cluster.create(bank.schema(), partitions=2, k=1, name="test-rep-disk", data_dir=str(tmp_path))
+    try:
+        _check_state(db, writer)
+        status = db.status()
+        assert all(r["health"] == "ok" for r in status["replicas"])
+        assert sum(r["installs"] for r in status["replicas"] if r["partition"] == 0) == 1
+        db.call_many("credit", [(i, 10**9 + i, 1) for i in range(10)])
+        _check_state(db, writer)
+    finally:
+        db.shutdown()
