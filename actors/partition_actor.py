@@ -29,8 +29,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
 import threading
 import time
+import uuid
 from typing import Any, Callable
 
 import pyarrow as pa
@@ -55,7 +57,7 @@ log = logging.getLogger("ohmdb.partition")
 
 class PartitionReplica:
     def __init__(self, cluster: str, schema: Schema, partition: int, partitions: int,
-                 replica: int, epoch: int, config: dict[str, Any]) -> None:
+                 replica: int, epoch: int, config: dict[str, Any], fresh: bool = False) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         self.cluster = cluster
         self.replica = replica
@@ -80,7 +82,9 @@ class PartitionReplica:
         self._bytes_at_snapshot = 0
         self.directory = None if not config.get("data_dir") else replica_dir(config["data_dir"], partition, replica)
         next_lsn = 1
-        if self.directory is not None:
+        if self.directory is not None and fresh:
+            _move_aside(self.directory)  # a replacement: it gets the leader's state, not old files
+        elif self.directory is not None:
             self.recovery = recover_replica(self.directory, self.core, self.codec)
             next_lsn = self.recovery.next_lsn
         self.log = self._open_log(next_lsn)
@@ -502,7 +506,10 @@ class PartitionReplica:
 
 
 def _move_aside(directory: str) -> None:
-    """Keep a replaced replica's files (never delete data): rename its directory."""
-    if os.path.isdir(directory) and os.listdir(directory):
-        os.rename(directory, f"{directory}.replaced-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    """Keep a replaced replica's files (never delete data): rename its directory if it holds any."""
+    holds_files = any(files for _, _, files in os.walk(directory)) if os.path.isdir(directory) else False
+    if holds_files:
+        os.rename(directory, f"{directory}.replaced-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}")
+    elif os.path.isdir(directory):
+        shutil.rmtree(directory)  # only empty folders
     os.makedirs(directory, exist_ok=True)

@@ -14,6 +14,7 @@ on this ownership in later work; this shell only does I/O around the map.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -22,7 +23,7 @@ from actors.config import ClusterConfig
 from actors.errors import ActorDied, OhmError
 from actors.partition_actor import PartitionReplica
 from actors.schema import Schema
-from recovery.cluster_map import DEAD, FOLLOWER, LEADER, SERVING, ClusterMap
+from recovery.cluster_map import DEAD, FOLLOWER, LEADER, SERVING, STARTING, ClusterMap, ReplicaInfo, replica_name
 from recovery.replication import choose_leader
 
 log = logging.getLogger("ohmdb.supervisor")
@@ -34,6 +35,9 @@ class Supervisor:
         self.schema = schema
         self.map: ClusterMap | None = None
         self.handles: dict[str, Any] = {}
+        self._lock = threading.RLock()         # the map: actor methods and replacement threads
+        self._replacing: set[tuple[int, int]] = set()
+        self.rebuilds: list[dict[str, Any]] = []
         self.started_at = time.time()
         self.identity = runtime.own_identity()
 
@@ -101,6 +105,12 @@ class Supervisor:
             raise answer["error"]
 
     def leader_failed(self, partition: int, version_seen: int) -> dict[str, Any]:
+        with self._lock:
+            routing = self._leader_failed(partition, version_seen)
+        self._replace_dead(partition)
+        return routing
+
+    def _leader_failed(self, partition: int, version_seen: int) -> dict[str, Any]:
         """A client found the partition's leader dead: fence, promote the most advanced live follower.
 
         Phases (each logged): fence (epoch + 1 on every live follower, which
@@ -110,7 +120,7 @@ class Supervisor:
         m = self._map()
         leader = m.leader(partition) if any(r.role == LEADER for r in m.of_partition(partition)) else None
         if m.version > version_seen and leader is not None and leader.state == SERVING:
-            return self.routing()
+            return self._routing()
         epoch = max(r.epoch for r in m.of_partition(partition)) + 1
         log.warning("phase=fence partition=%d epoch=%d", partition, epoch)
         if leader is not None:
@@ -130,7 +140,7 @@ class Supervisor:
         m.version += 1
         if chosen is None:
             log.error("phase=unavailable partition=%d: no live replica", partition)
-            return self.routing()
+            return self._routing()
         new = next(r for r in candidates if r.replica == chosen)
         log.warning("phase=promote partition=%d replica=%s lsn=%d", partition, new.actor_name, held[chosen])
         followers = {r.actor_name: (self.handles[r.actor_name], held[r.replica])
@@ -148,10 +158,16 @@ class Supervisor:
             if r.actor_name in answer["followers"]:
                 self._configure(r.actor_name, epoch, FOLLOWER, new.actor_name, {})
         log.warning("phase=published partition=%d leader=%s epoch=%d version=%d", partition, new.actor_name, epoch, m.version)
-        return self.routing()
+        return self._routing()
 
     def follower_failed(self, partition: int, actor_name: str, epoch: int) -> bool:
         """A leader lost a follower: take it out of the configuration so acknowledgements go on."""
+        with self._lock:
+            dropped = self._follower_failed(partition, actor_name, epoch)
+        self._replace_dead(partition)
+        return dropped
+
+    def _follower_failed(self, partition: int, actor_name: str, epoch: int) -> bool:
         m = self._map()
         rep = next((r for r in m.of_partition(partition) if r.actor_name == actor_name), None)
         if rep is None or rep.state == DEAD or rep.role != FOLLOWER:
@@ -168,12 +184,70 @@ class Supervisor:
 
     def routing(self) -> dict[str, Any]:
         """Leader handles by partition (None: no live replica), with the map version they belong to."""
+        with self._lock:
+            return self._routing()
+
+    def _routing(self) -> dict[str, Any]:
         m = self._map()
         leaders = []
         for p in range(m.partitions):
             lead = [r for r in m.of_partition(p) if r.role == LEADER and r.state == SERVING]
             leaders.append(self.handles[lead[0].actor_name] if lead else None)
         return {"version": m.version, "leaders": leaders}
+
+    # -- replacement: back to k+1 replicas ------------------------------------------------------------
+
+    def _replace_dead(self, partition: int) -> None:
+        """Start one background replacement per dead replica of the partition (if it has a leader)."""
+        with self._lock:
+            m = self._map()
+            if not any(r.role == LEADER and r.state == SERVING for r in m.of_partition(partition)):
+                return
+            for rep in m.of_partition(partition):
+                if rep.state == DEAD and (partition, rep.replica) not in self._replacing:
+                    self._replacing.add((partition, rep.replica))
+                    threading.Thread(target=self._replace, args=(partition, rep.replica), daemon=True,
+                                     name=f"replace-p{partition}-r{rep.replica}").start()
+
+    def _replace(self, partition: int, replica: int) -> None:
+        started = time.time()
+        try:
+            with self._lock:
+                m = self._map()
+                old = next(r for r in m.of_partition(partition) if r.replica == replica)
+                leader = m.leader(partition)
+                node = m.replacement_node(partition, [n["node_id"] for n in runtime.alive_nodes()])
+                new = ReplicaInfo(partition, replica, replica_name(m.name, partition, replica, old.generation + 1),
+                                  FOLLOWER, epoch=leader.epoch, node_id=node, generation=old.generation + 1)
+                m.replicas[m.replicas.index(old)] = new
+                self.handles[new.actor_name] = runtime.spawn(
+                    PartitionReplica, new.actor_name, m.name, self.schema, partition, m.partitions, replica,
+                    leader.epoch, self.config.replica_settings(), True, node_id=node,
+                )
+                m.version += 1
+            log.warning("phase=respawn partition=%d replica=%s node=%s", partition, new.actor_name, node)
+            answer = runtime.call(self.handles[new.actor_name], "status", control=True, timeout_s=self.config.spawn_timeout_s)
+            new.node_id, new.pid = answer["node_id"], answer["pid"]
+            log.warning("phase=rebuild partition=%d replica=%s from=%s", partition, new.actor_name, leader.actor_name)
+            result = self._rebuild(leader, new)
+            with self._lock:
+                new.state = SERVING if new.state == STARTING else new.state
+                self._map().version += 1
+            self.rebuilds.append({"partition": partition, "replica": new.actor_name, **result,
+                                  "total_s": round(time.time() - started, 3)})
+            log.warning("phase=redundant partition=%d replica=%s rows=%d seconds=%.3f",
+                        partition, new.actor_name, result["rows"], result["seconds"])
+        except Exception as exc:  # the leader changed or died meanwhile: a later fault retries
+            log.error("replacement of p%d r%d failed: %s", partition, replica, exc)
+            with self._lock:
+                rep = next((r for r in self._map().of_partition(partition) if r.replica == replica), None)
+                if rep is not None and rep.state != SERVING:
+                    rep.state = DEAD
+                    if rep.actor_name in self.handles:
+                        runtime.kill(self.handles[rep.actor_name])
+        finally:
+            with self._lock:
+                self._replacing.discard((partition, replica))
 
     def describe(self) -> tuple[dict[str, Any], Schema]:
         return self.config.to_dict(), self.schema
@@ -183,6 +257,10 @@ class Supervisor:
 
     def status(self) -> dict[str, Any]:
         """The map joined with each replica's live answer (or 'unreachable')."""
+        with self._lock:
+            return self._status()
+
+    def _status(self) -> dict[str, Any]:
         m = self._map()
         refs = [runtime.submit(self.handles[r.actor_name], "status", control=True) for r in m.replicas]
         answers = runtime.get_each(refs, self.config.control_timeout_s, what="replica status")
@@ -211,6 +289,7 @@ class Supervisor:
                         for p in range(m.partitions)},
             "nodes": runtime.alive_nodes(),
             "supervisor": {"actor_name": f"{self.config.name}:supervisor", **self.identity},
+            "rebuilds": list(self.rebuilds),
             "counts": _totals(replicas, {t.name for t in self.schema.tables.values() if t.replicated}),
         }
 

@@ -27,8 +27,10 @@ def supervisor_name(cluster: str) -> str:
     return f"{cluster}:supervisor"
 
 
-def replica_name(cluster: str, partition: int, replica: int) -> str:
-    return f"{cluster}:p{partition}:r{replica}"
+def replica_name(cluster: str, partition: int, replica: int, generation: int = 0) -> str:
+    """Actor name of a replica; a replacement gets the next generation (``...:r1.g2``)."""
+    base = f"{cluster}:p{partition}:r{replica}"
+    return base if generation == 0 else f"{base}.g{generation}"
 
 
 @dataclass
@@ -41,6 +43,7 @@ class ReplicaInfo:
     node_id: str | None = None
     pid: int | None = None
     state: str = STARTING
+    generation: int = 0
 
 
 @dataclass
@@ -71,6 +74,12 @@ class ClusterMap:
 
     def of_partition(self, partition: int) -> list[ReplicaInfo]:
         return [r for r in self.replicas if r.partition == partition]
+
+    def replacement_node(self, partition: int, alive: list[str]) -> str | None:
+        """A live node holding no other live replica of ``partition`` if there is one, else any live node."""
+        busy = {r.node_id for r in self.of_partition(partition) if r.state != DEAD}
+        free = [n for n in alive if n not in busy]
+        return (free or alive or [None])[0]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

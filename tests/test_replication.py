@@ -56,7 +56,7 @@ def _replica_states(db: Cluster) -> dict[int, list[tuple]]:
     """Per partition: (written lsn, durable lsn, rows) of every serving replica."""
     out: dict[int, list[tuple]] = {}
     for r in db.status()["replicas"]:
-        if r["health"] == "ok":
+        if r["health"] == "ok" and r["state"] == "serving":  # not one still being rebuilt
             out.setdefault(r["partition"], []).append((r["written_lsn"], r["durable_lsn"], r["rows"]))
     return out
 
@@ -126,13 +126,12 @@ def test_losing_a_follower_keeps_the_partition_writing(ray_address, tmp_path):
         runtime.kill(runtime.find("test-rep-loss:p0:r1"))
         assert runtime.wait_gone("test-rep-loss:p0:r1", 30)
         out = db.call_many("credit", [(i, 100 + i, 2) for i in range(5)])
-        assert out == [2] * 5
-        status = db.status()
-        follower = next(r for r in status["replicas"] if r["role"] == "follower")
-        assert follower["state"] == "dead" and follower["health"] == "unreachable"
-        leader = next(r for r in status["replicas"] if r["role"] == "leader")
-        assert leader["followers"] == []
+        assert out == [2] * 5  # acknowledged without the dead follower
         assert db.call("total_balance") == 10
+        # ... and a replacement is rebuilt and joins the configuration.
+        _wait_until(lambda: _redundant(db, 2), what="the replacement")
+        leader = next(r for r in db.status()["replicas"] if r["role"] == "leader")
+        assert leader["followers"] == ["test-rep-loss:p0:r1.g1"]
     finally:
         db.shutdown()
 
@@ -294,6 +293,46 @@ def test_after_failovers_and_losing_every_replica_the_disk_restores_all_acknowle
         assert all(r["health"] == "ok" for r in status["replicas"])
         assert sum(r["installs"] for r in status["replicas"] if r["partition"] == 0) == 1
         db.call_many("credit", [(i, 10**9 + i, 1) for i in range(10)])
+        _check_state(db, writer)
+    finally:
+        db.shutdown()
+
+
+def _wait_until(condition, timeout_s: float = 120, what: str = "condition") -> None:
+    import time
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _redundant(db: Cluster, replicas_per_partition: int) -> bool:
+    status = db.status()
+    for p in range(status["partitions"]):
+        ok = [r for r in status["replicas"] if r["partition"] == p and r["health"] == "ok" and r["state"] == "serving"]
+        if len(ok) != replicas_per_partition:
+            return False
+    return True
+
+
+def test_a_lost_replica_is_replaced_and_rebuilt_while_writes_go_on(ray_address, tmp_path):
+    db = Cluster.create(bank.schema(), partitions=2, k=1, name="test-rebuild", data_dir=str(tmp_path))
+    try:
+        db.call_many("open_account", [(i, f"o{i}", 0) for i in range(10)])
+        with Writer(db, 10) as writer:
+            writer.wait_for_acks(300)
+            runtime.kill(runtime.find("test-rebuild:p1:r1"))                 # a follower
+            writer.wait_for_acks(300)
+            _wait_until(lambda: _redundant(db, 2), what="the follower's replacement")
+            runtime.kill(runtime.find(db.status()["leaders"][0]))          # a leader
+            writer.wait_for_acks(300)
+            _wait_until(lambda: _redundant(db, 2), what="the leader's replacement")
+            writer.wait_for_acks(300)
+        assert writer.unknown == []
+        status = db.status()
+        assert len(status["rebuilds"]) == 2 and all(r["rows"] > 0 for r in status["rebuilds"])
+        names = {r["actor_name"] for r in status["replicas"] if r["state"] == "serving"}
+        assert any(".g1" in n for n in names)
         _check_state(db, writer)
     finally:
         db.shutdown()
