@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=1, help="seed of the generated calls (default 1)")
     v.add_argument("--contestants", type=int, default=6, help="contestants, 1..12 (default 6)")
     v.add_argument("--max-votes", type=int, default=2, help="votes allowed per phone number (default 2)")
-    v.add_argument("--k", type=int, default=0, help="replicas per partition beyond the leader (default 0)")
+    v.add_argument("--k", type=int, default=1, help="replicas per partition beyond the leader (default 1)")
     v.add_argument("--durability", choices=["sync", "async", "off"], default="sync",
                    help="sync: fsync before acknowledging (default); async: fsync every 200 ms; off: memory only")
     v.add_argument("--data-dir", metavar="DIR", help="keep the database here (default: a temporary directory, removed after)")

@@ -238,7 +238,7 @@ class Cluster:
         partitions: int = 4,
         name: str = "ohmdb",
         *,
-        k: int = 0,
+        k: int = 1,
         initial_data: Mapping[str, pa.Table | Sequence[Mapping[str, Any]]] | None = None,
         data_dir: str | None = None,
         durability: str | None = None,

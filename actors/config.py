@@ -37,7 +37,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 class ClusterConfig:
     name: str = "ohmdb"
     partitions: int = 4
-    k: int = 0                             # replicas per partition beyond the leader (k-safety)
+    k: int = 1                             # replicas per partition beyond the leader (k-safety)
     batch_txns_max: int = BATCH_TXNS_MAX
     call_timeout_s: float = CALL_TIMEOUT_S
     control_timeout_s: float = CONTROL_TIMEOUT_S

@@ -57,7 +57,7 @@ def test_status_and_shutdown_of_a_running_cluster(subprocess_env, ray_address):
         proc = _ohmdb(["status", "--name", "test-cli-status", "--json"], env=subprocess_env)
         assert proc.returncode == 0, proc.stderr[-3000:]
         status = json.loads(proc.stdout)
-        assert status["name"] == "test-cli-status" and len(status["replicas"]) == 2
+        assert status["name"] == "test-cli-status" and len(status["replicas"]) == 4  # 2 partitions, k=1
         assert status["counts"]["committed"] == 1
         proc = _ohmdb(["status", "--name", "test-cli-status"], env={**subprocess_env, "COLUMNS": "200"})
         assert proc.returncode == 0 and "test-cli-status:p1:r0" in proc.stdout
@@ -79,7 +79,11 @@ def test_log_dump_and_recover_on_a_data_dir(ray_address, tmp_path):
         db.shutdown()
     proc = _ohmdb(["log", "dump", "--data-dir", str(data_dir), "--json"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    everything = [json.loads(line) for line in proc.stdout.splitlines()]
+    records = [r for r in everything if r["replica"] == 0]
+    follower = [r for r in everything if r["replica"] == 1]
+    strip = [{k: v for k, v in r.items() if k != "replica"} for r in records]
+    assert strip == [{k: v for k, v in r.items() if k != "replica"} for r in follower]  # same log on both
     data = [r for r in records if r["op"] != "REQUEST"]
     assert len(data) == 6 + 6 * 2  # 6 inserts, then an entry insert and a balance update per credit
     assert {r["op"] for r in data} == {"INSERT", "UPDATE"} and {r["partition"] for r in records} == {0, 1}
@@ -89,6 +93,7 @@ def test_log_dump_and_recover_on_a_data_dir(ray_address, tmp_path):
         lsns = [r["lsn"] for r in records if r["partition"] == p]
         assert lsns == list(range(1, len(lsns) + 1))
     proc = _ohmdb(["log", "dump", "--data-dir", str(data_dir), "--partition", "0", "--from-lsn", "3", "--json"])
+    assert proc.stdout.strip()
     assert all(json.loads(line)["lsn"] >= 3 and json.loads(line)["partition"] == 0 for line in proc.stdout.splitlines())
 
     # Tear the tail of partition 0's log: recover reports the cut and moves the bytes aside.
@@ -96,9 +101,11 @@ def test_log_dump_and_recover_on_a_data_dir(ray_address, tmp_path):
     seg.write_bytes(seg.read_bytes()[:-20])
     proc = _ohmdb(["recover", "--data-dir", str(data_dir), "--json"])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    reports = {r["partition"]: r for r in json.loads(proc.stdout)}
-    assert reports[0]["cut"] and not reports[1]["cut"]
-    assert reports[1]["rows"]["entries"] + reports[0]["rows"]["entries"] < 6 + 1
+    reports = {(r["partition"], r["replica"]): r for r in json.loads(proc.stdout)}
+    assert reports[(0, 0)]["cut"] and not reports[(0, 1)]["cut"] and not reports[(1, 0)]["cut"]
+    # The torn batch (partition 0's credits) is gone from replica 0 only.
+    assert reports[(0, 0)]["rows"]["entries"] < reports[(0, 1)]["rows"]["entries"]
+    assert reports[(0, 0)]["next_lsn"] < reports[(0, 1)]["next_lsn"]
     assert list((data_dir / "p0" / "r0" / "log" / "quarantine").glob("*.cut"))
     proc = _ohmdb(["recover", "--data-dir", str(data_dir)], env={**os.environ, "COLUMNS": "200"})
     assert proc.returncode == 0 and "next lsn" in proc.stdout

@@ -144,10 +144,12 @@ def test_failed_transaction_in_a_batch_leaves_neighbours_committed(db):
 def test_status_lists_every_replica(db):
     status = db.status()
     assert status["name"] == "test-bank" and status["partitions"] == PARTITIONS
-    assert sorted(r["partition"] for r in status["replicas"]) == list(range(PARTITIONS))
+    assert status["k"] == 1  # the default: every partition has a leader and one follower
+    assert sorted(r["partition"] for r in status["replicas"]) == sorted(list(range(PARTITIONS)) * 2)
     for r in status["replicas"]:
-        assert r["role"] == "leader" and r["health"] == "ok" and r["pid"] > 0 and r["node_id"]
-        assert r["actor_name"] == status["leaders"][r["partition"]]
+        assert r["health"] == "ok" and r["pid"] > 0 and r["node_id"] and r["epoch"] >= 1
+        assert (r["role"] == "leader") == (r["actor_name"] == status["leaders"][r["partition"]])
+        assert r["written_lsn"] == r["durable_lsn"]
     assert status["counts"]["rows"]["accounts"] == ACCOUNTS
     assert status["nodes"] and status["supervisor"]["pid"] > 0
 
@@ -273,7 +275,7 @@ def test_a_call_that_outlives_its_timeout_reports_unknown_outcome(db):
 
 
 def test_a_dead_partition_answers_partition_unavailable_and_others_serve(ray_address):
-    db = Cluster.create(bank.schema(), partitions=2, name="test-dead-partition")
+    db = Cluster.create(bank.schema(), partitions=2, k=0, name="test-dead-partition")
     try:
         on = {partition_of(i, 2): i for i in range(10)}
         db.call_many("open_account", [(on[0], "zero"), (on[1], "one")])

@@ -21,8 +21,8 @@ from tests import bank
 KILL_RUNS = 3
 
 
-def _recover(name: str, data_dir, partitions: int = 2) -> Cluster:
-    return Cluster.create(bank.schema(), partitions=partitions, name=name, data_dir=str(data_dir))
+def _recover(name: str, data_dir, partitions: int = 2, k: int = 1) -> Cluster:
+    return Cluster.create(bank.schema(), partitions=partitions, k=k, name=name, data_dir=str(data_dir))
 
 
 @pytest.mark.parametrize("durability", ["sync", "async"])
@@ -106,7 +106,7 @@ def test_kill_9_of_every_ray_process_loses_nothing_acknowledged(ray_address, tmp
 
 
 def test_a_failing_disk_stops_acknowledgements_with_a_typed_error(ray_address, tmp_path):
-    db = Cluster.create(bank.schema(), partitions=1, name="test-dur-disk", data_dir=str(tmp_path))
+    db = Cluster.create(bank.schema(), partitions=1, k=0, name="test-dur-disk", data_dir=str(tmp_path))
     try:
         db.call("open_account", 1, "a", 0)
         assert runtime.call(runtime.find("test-dur-disk:p0:r0"), "inject_fault", "fsync", control=True)
@@ -119,7 +119,7 @@ def test_a_failing_disk_stops_acknowledgements_with_a_typed_error(ray_address, t
         assert replica["health"] == "log-failed" and "No space left" in replica["log_failed"]
     finally:
         db.shutdown()
-    db = _recover("test-dur-disk", tmp_path, partitions=1)
+    db = _recover("test-dur-disk", tmp_path, partitions=1, k=0)
     try:
         # The failed deposit's outcome was unknown (written, never fsynced): either is right.
         # The two refused afterwards never ran.
@@ -130,7 +130,7 @@ def test_a_failing_disk_stops_acknowledgements_with_a_typed_error(ray_address, t
 
 
 def test_snapshots_are_taken_automatically_and_truncate_the_log(ray_address, tmp_path):
-    db = Cluster.create(bank.schema(), partitions=1, name="test-dur-snap", data_dir=str(tmp_path),
+    db = Cluster.create(bank.schema(), partitions=1, k=0, name="test-dur-snap", data_dir=str(tmp_path),
                         segment_bytes_max=16_384, snapshot_log_bytes=65_536)
     try:
         db.call_many("open_account", [(i, f"o{i}", 0) for i in range(10)])
@@ -145,7 +145,7 @@ def test_snapshots_are_taken_automatically_and_truncate_the_log(ray_address, tmp
         db.shutdown()
     segments = list_segments(str(tmp_path / "p0" / "r0" / LOG_DIR))
     assert segments and segments[0][0] > 1  # the log before the kept snapshots is gone
-    db = _recover("test-dur-snap", tmp_path, partitions=1)
+    db = _recover("test-dur-snap", tmp_path, partitions=1, k=0)
     try:
         assert db.call("dump") == before
         assert db.status()["replicas"][0]["recovery"]["snapshot_lsn"] > 0

@@ -60,7 +60,7 @@ class BenchConfig:
     contestants: int = voter.CONTESTANTS_DEFAULT
     max_votes: int = voter.MAX_VOTES_DEFAULT
     durability: str = "sync"
-    k: int = 0
+    k: int = 1
     data_dir: str | None = None      # None: a temporary directory, removed after the run
     address: str | None = None
 
