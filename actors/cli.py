@@ -50,6 +50,19 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--address", help="Ray cluster address ('auto' for a running local one); default: start one")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
 
+    rp = wl.add_parser("replication", help="cost of k=1, failover time, rebuild rate (side by side)",
+                       description="Voter at k=0 and k=1 with the same calls (throughput ratio); then a k=1 cluster "
+                                   "under load: leader kills (time until writes are acknowledged again) and a "
+                                   "follower kill (rebuild rows/s, throughput during the rebuild vs before).")
+    rp.add_argument("--partitions", type=int, default=2, help="partitions (default 2)")
+    rp.add_argument("--transactions", type=int, default=100_000, help="voter transactions per k (default 100000)")
+    rp.add_argument("--kills", type=int, default=5, help="leader kills to time (default 5)")
+    rp.add_argument("--rebuild-rows", type=int, default=200_000, help="votes loaded before the rebuild (default 200000)")
+    rp.add_argument("--durability", choices=["sync", "async", "off"], default="sync", help="default sync")
+    rp.add_argument("--seed", type=int, default=1, help="seed (default 1)")
+    rp.add_argument("--json", metavar="PATH", help="write the report as JSON here")
+    rp.add_argument("--address", help="Ray cluster address; default: start one")
+
     st = sub.add_parser("status", help="show a running cluster's map", description="Show a running cluster's map.")
     st.add_argument("--name", default="ohmdb", help="cluster name (default ohmdb)")
     st.add_argument("--address", default="auto", help="Ray cluster address (default auto)")
@@ -106,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from workloads.bench import TRANSACTIONS_DEFAULT, BenchConfig, run_voter, write_report
 
+    if args.workload == "replication":
+        return _bench_replication(args)
+
     transactions = args.transactions
     if args.duration is None and transactions is None:
         transactions = TRANSACTIONS_DEFAULT
@@ -133,6 +149,33 @@ def _bench(args: argparse.Namespace) -> int:
         write_report(report, args.json)
         console.print(f"report written to {args.json}")
     return 0 if report["ok"] else 1
+
+
+def _bench_replication(args: argparse.Namespace) -> int:
+    from workloads import replication_bench
+    from workloads.bench import BenchConfig, write_report
+
+    cfg = BenchConfig(partitions=args.partitions, transactions=args.transactions, durability=args.durability,
+                      seed=args.seed, address=args.address).validate()
+    with console.status("starting") as spinner:
+        report = replication_bench.run(cfg, kills=args.kills, rebuild_rows=args.rebuild_rows,
+                                       on_phase=lambda msg: spinner.update(msg))
+    t = RichTable(title="ohmdb bench replication")
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    k = report["k_cost"]
+    t.add_row("voter throughput k=0 / k=1", f"{k['k0']['throughput_tps']:,.0f} / {k['k1']['throughput_tps']:,.0f} txn/s")
+    t.add_row("ratio k=1 to k=0", str(k["ratio_k1_to_k0"]))
+    f = report["failover"]
+    t.add_row("leader kill -> writes acknowledged again", f"median {f['median_s']} s over {f['kills']}: {f['seconds']}")
+    r = report["rebuild"]
+    t.add_row("rebuild", f"{r['rows']:,} rows in {r['copy_and_catch_up_s']:.3f} s = {r['rows_per_s']:,} rows/s")
+    t.add_row("throughput before / during rebuild",
+              f"{r['throughput_before_tps']:,} / {r['throughput_during_tps']:,} txn/s (ratio {r['ratio_during_to_before']})")
+    out.print(t)
+    if args.json:
+        write_report(report, args.json)
+    return 0 if k["k0"]["ok"] and k["k1"]["ok"] else 1
 
 
 def _print_summary(report: dict[str, Any]) -> None:

@@ -114,3 +114,14 @@ def test_log_dump_and_recover_on_a_data_dir(ray_address, tmp_path):
 def test_recover_on_a_directory_without_a_database(tmp_path):
     proc = _ohmdb(["recover", "--data-dir", str(tmp_path)], timeout=60)
     assert proc.returncode == 2 and "holds no ohmdb database" in proc.stderr
+
+
+def test_bench_replication_short_run(subprocess_env, ray_address, tmp_path):
+    path = tmp_path / "repl.json"
+    proc = _ohmdb(["bench", "replication", "--transactions", "2000", "--kills", "1", "--rebuild-rows", "2000",
+                   "--address", ray_address, "--json", str(path)], env=subprocess_env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(path.read_text())
+    assert report["k_cost"]["ratio_k1_to_k0"] > 0
+    assert report["failover"]["kills"] == 1 and report["failover"]["median_s"] > 0
+    assert report["rebuild"]["rows"] > 0 and report["rebuild"]["rows_per_s"] > 0
