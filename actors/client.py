@@ -269,7 +269,9 @@ class Cluster:
         runtime.connect(address)
         _ship_procedures_by_value(schema)
         try:
-            sup = runtime.spawn(Supervisor, supervisor_name(name), config.to_dict(), schema, max_restarts=0)
+            # On the creating driver's node (the head, usually): a worker node's loss must not take it along.
+            sup = runtime.spawn(Supervisor, supervisor_name(name), config.to_dict(), schema, max_restarts=0,
+                                node_id=runtime.own_node_id())
         except ValueError:
             raise ClusterExists(
                 f"a cluster named {name!r} is running; Cluster.connect({name!r}) to use it or shut it down first",

@@ -84,7 +84,9 @@ def spawn(cls: type, name: str, *args: Any, node_id: str | None = None, max_rest
         max_restarts=max_restarts, max_task_retries=0,
     )
     if node_id is not None:
-        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=True)
+        # Strict: replicas of one partition must not share a node because a scheduler preferred it.
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False,
+                                                                        _fail_on_unavailable=True)
     return _remote_class(cls).options(**options).remote(*args)
 
 

@@ -1,0 +1,60 @@
+"""Multi-node behaviour on one machine (ray.cluster_utils.Cluster), run in its own process by test_multinode.
+
+Prints one JSON line: where the replicas were placed, and what happened when the node holding
+partition 0's leader was removed under a write load.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from ray.cluster_utils import Cluster as RayCluster
+
+from actors import Cluster, runtime
+from tests import bank
+
+
+def main() -> None:
+    nodes = RayCluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    workers = [nodes.add_node(num_cpus=1) for _ in range(2)]
+    nodes.wait_for_nodes()
+    runtime.connect(nodes.address)
+    db = Cluster.create(bank.schema(), partitions=2, k=1, name="multinode", durability="off")
+    db.call_many("open_account", [(i, f"o{i}", 0) for i in range(10)])
+    status = db.status()
+    placement = {p: sorted(r["node_id"] for r in status["replicas"] if r["partition"] == p) for p in range(2)}
+    worker_ids = {w.node_id: w for w in workers}
+    leader0 = next(r for r in status["replicas"] if r["role"] == "leader" and r["node_id"] in worker_ids)
+    victim = worker_ids[leader0["node_id"]]
+    part = leader0["partition"]
+    acked = 0
+    outcome = {"placement": placement, "leader_on_worker": victim is not None}
+    if victim is not None:
+        nodes.remove_node(victim, allow_graceful=False)
+        started = time.monotonic()
+        seq, errors, failed_over = 0, [], None
+        while time.monotonic() - started < 120:
+            seq += 1
+            out = db.call_many("credit", [(i, seq * 100 + i, 1) for i in range(10)])
+            acked += sum(1 for o in out if isinstance(o, int))
+            errors += [o.code for o in out if not isinstance(o, int)]
+            if failed_over is None and db.status()["leaders"][part] != leader0["actor_name"]:
+                failed_over = round(time.monotonic() - started, 3)
+            if failed_over is not None and all(isinstance(o, int) for o in out):
+                break
+        outcome["failed_over_s"] = failed_over
+        outcome["errors"] = errors
+        after = db.status()
+        outcome["leaders"] = after["leaders"]
+        outcome["total"] = db.call("total_balance")
+        outcome["acked"] = acked
+    print(json.dumps(outcome))
+    db.shutdown()
+    runtime.disconnect()
+    nodes.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
