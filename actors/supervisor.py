@@ -4,11 +4,18 @@ Design note
 -----------
 One detached, named supervisor per cluster (``<name>:supervisor``).  It plans
 placement with the pure ``ClusterMap.plan``, spawns every replica through
-``runtime``, waits for each to answer a ping, and from then on is the only
-writer of the map.  Clients ask it for routing (leader handles tagged with the
-map version) and status; ``Cluster.connect`` asks it for the schema and config.
-Failure detection and recovery (heartbeats, fencing, promotion, respawn) build
-on this ownership in later work; this shell only does I/O around the map.
+``runtime``, and from then on is the only writer of the map.  Clients ask it
+for routing (leader handles tagged with the map version) and status;
+``Cluster.connect`` asks it for the schema and config.
+
+Faults reach it as reports: a client whose leader died calls
+``leader_failed`` (fence, choose by ``recovery.replication.choose_leader``,
+promote with repair, publish), a leader whose follower died calls
+``follower_failed`` (drop it from the configuration).  Either way a background
+thread then respawns the lost replica on a free node and has the leader
+rebuild it while writes go on.  Every phase is logged.  Heartbeats for hung
+actors, fault reports and a restartable supervisor come with the supervisor
+work; the decisions stay in the pure modules.
 """
 
 from __future__ import annotations
