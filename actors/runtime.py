@@ -144,26 +144,24 @@ def get(ref: Any, timeout_s: float | None = None, what: str = "call") -> Any:
         return ray.get(ref, timeout=timeout_s)
     except GetTimeoutError:
         raise Timeout(f"{what}: no answer within {timeout_s} s; the outcome is unknown", timeout_s=timeout_s) from None
-    except RayTaskError as exc:
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, OhmError):
-            raise cause from None
-        raise
-    except RayActorError as exc:
-        raise ActorDied(f"{what}: the actor died ({type(exc).__name__})", cause=str(exc)[:500]) from None
+    except (RayTaskError, RayActorError) as exc:
+        raise _typed(exc, what) from None
 
 
 async def get_async(ref: Any, what: str = "call") -> Any:
     """Await one ref inside an async actor; typed errors as in ``get``."""
     try:
         return await ref
-    except RayTaskError as exc:
+    except (RayTaskError, RayActorError) as exc:
+        raise _typed(exc, what) from None
+
+
+def _typed(exc: Exception, what: str) -> Exception:
+    """The typed error for a Ray failure: the OhmError an actor raised, or ActorDied."""
+    if isinstance(exc, RayTaskError):  # raised inside the method (checked first: it may also be an actor error)
         cause = getattr(exc, "cause", None)
-        if isinstance(cause, OhmError):
-            raise cause from None
-        raise
-    except RayActorError as exc:
-        raise ActorDied(f"{what}: the actor died ({type(exc).__name__})", cause=str(exc)[:500]) from None
+        return cause if isinstance(cause, OhmError) else exc
+    return ActorDied(f"{what}: the actor died ({type(exc).__name__})", cause=str(exc)[:500])
 
 
 def get_each(refs: list[Any], timeout_s: float | None, what: str = "call") -> list[Any]:

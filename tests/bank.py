@@ -131,3 +131,16 @@ def schema() -> Schema:
 
 
 BRANCHES = [{"code": "AMS", "city": "Amsterdam"}, {"code": "OSL", "city": "Oslo"}, {"code": "LIS", "city": "Lisbon"}]
+
+
+def check_credits(state: dict, acked: list[tuple[int, int, int]]) -> None:
+    """Every acknowledged credit (account, seq, amount) is present, and every balance is exactly
+    the sum of its entries: nothing lost, nothing half-applied, nothing applied twice."""
+    entries = {(e["account"], e["seq"]): e["amount"] for e in state["entries"]}
+    for account, seq, amount in acked:
+        assert entries.get((account, seq)) == amount, f"acknowledged credit {account}/{seq} lost"
+    sums: dict[int, int] = {}
+    for (account, _), amount in entries.items():
+        sums[account] = sums.get(account, 0) + amount
+    for row in state["accounts"]:
+        assert row["balance"] == sums.get(row["id"], 0), f"account {row['id']}: balance is not the sum of its entries"
