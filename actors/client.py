@@ -34,7 +34,7 @@ from actors import runtime
 from actors.config import ClusterConfig, validate_cluster_name
 from actors.errors import (
     ActorDied, BatchTooLarge, ClusterExists, ClusterNotFound, InvalidArguments, InvalidConfig,
-    NotLeader, OhmError, PartitionUnavailable, UnknownProcedure,
+    NotLeader, OhmError, PartitionUnavailable, StaleEpoch, UnknownProcedure,
 )
 from actors.routing import partition_of
 from actors.schema import Procedure, Schema
@@ -91,17 +91,21 @@ class BatchFuture:
         return self._value
 
     def _retry_dead_leaders(self, answers: list[Any], deadline_s: float) -> list[Any]:
-        """Re-send a dead leader's batches, with their request ids, to the promoted follower.
+        """Re-send a dead (or fenced) leader's batches, with their request ids, to the promoted follower.
 
         The new leader returns the first outcome of a batch the old one had
         replicated, and executes one it never saw: each batch applies once.
         """
         for _ in range(DEAD_LEADER_RETRIES):
             dead = [k for k, a in enumerate(answers) if isinstance(a, ActorDied)]
-            if not dead:
+            fenced = [k for k, a in enumerate(answers) if isinstance(a, tuple) and isinstance(a[2], StaleEpoch)]
+            if not dead and not fenced:
                 break
             for partition in {self._groups[k][0] for k in dead}:
                 self._cluster._leader_failed(partition)
+            if fenced:  # that leader was replaced: the map already names the new one
+                self._cluster._refresh_routing()
+            dead += fenced
             resent: dict[int, Any] = {}
             for k in dead:
                 partition, _, _, calls, request_id = self._groups[k]

@@ -49,6 +49,9 @@ def connect(address: str | None = None, **init_kwargs: Any) -> str:
     """Attach to Ray (start a local instance when ``address`` is None); return its GCS address."""
     if not ray.is_initialized():
         if address is None:
+            # "local": always a new instance. Plain None would attach to whatever RAY_ADDRESS or the
+            # last `ray start` (ray_current_cluster) points at, even a cluster that is gone.
+            address = "local"
             init_kwargs.setdefault("include_dashboard", False)
         init_kwargs.setdefault("log_to_driver", os.environ.get("OHMDB_LOG_TO_DRIVER", "0") == "1")
         ray.init(address=address, **init_kwargs)

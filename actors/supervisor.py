@@ -35,6 +35,11 @@ from recovery.replication import choose_leader
 
 log = logging.getLogger("ohmdb.supervisor")
 
+#: Attempts to replace one lost replica before waiting for the next fault report.
+REPLACE_ATTEMPTS_MAX = 5
+#: Pause between two attempts.
+REPLACE_RETRY_S = 0.5
+
 
 class Supervisor:
     def __init__(self, config: dict[str, Any], schema: Schema) -> None:
@@ -204,7 +209,7 @@ class Supervisor:
 
     # -- replacement: back to k+1 replicas ------------------------------------------------------------
 
-    def _replace_dead(self, partition: int) -> None:
+    def _replace_dead(self, partition: int, attempt: int = 1) -> None:
         """Start one background replacement per dead replica of the partition (if it has a leader)."""
         with self._lock:
             m = self._map()
@@ -213,11 +218,12 @@ class Supervisor:
             for rep in m.of_partition(partition):
                 if rep.state == DEAD and (partition, rep.replica) not in self._replacing:
                     self._replacing.add((partition, rep.replica))
-                    threading.Thread(target=self._replace, args=(partition, rep.replica), daemon=True,
+                    threading.Thread(target=self._replace, args=(partition, rep.replica, attempt), daemon=True,
                                      name=f"replace-p{partition}-r{rep.replica}").start()
 
-    def _replace(self, partition: int, replica: int) -> None:
+    def _replace(self, partition: int, replica: int, attempt: int) -> None:
         started = time.time()
+        retry = False
         try:
             with self._lock:
                 m = self._map()
@@ -238,23 +244,30 @@ class Supervisor:
             log.warning("phase=rebuild partition=%d replica=%s from=%s", partition, new.actor_name, leader.actor_name)
             result = self._rebuild(leader, new)
             with self._lock:
-                new.state = SERVING if new.state == STARTING else new.state
+                current = [r for r in self._map().of_partition(partition) if r.role == LEADER and r.state == SERVING]
+                if not current or current[0] is not leader or new.state != STARTING:
+                    raise RuntimeError(f"the leader changed while {new.actor_name} was rebuilt from {leader.actor_name}")
+                new.state = SERVING
                 self._map().version += 1
             self.rebuilds.append({"partition": partition, "replica": new.actor_name, **result,
                                   "total_s": round(time.time() - started, 3)})
             log.warning("phase=redundant partition=%d replica=%s rows=%d seconds=%.3f",
                         partition, new.actor_name, result["rows"], result["seconds"])
-        except Exception as exc:  # the leader changed or died meanwhile: a later fault retries
-            log.error("replacement of p%d r%d failed: %s", partition, replica, exc)
+        except Exception as exc:  # the leader changed or died meanwhile: try again, a bounded number of times
+            log.error("replacement of p%d r%d failed (attempt %d): %s", partition, replica, attempt, exc)
             with self._lock:
                 rep = next((r for r in self._map().of_partition(partition) if r.replica == replica), None)
                 if rep is not None and rep.state != SERVING:
                     rep.state = DEAD
                     if rep.actor_name in self.handles:
                         runtime.kill(self.handles[rep.actor_name])
+            retry = attempt < REPLACE_ATTEMPTS_MAX
         finally:
             with self._lock:
                 self._replacing.discard((partition, replica))
+        if retry:
+            time.sleep(REPLACE_RETRY_S)
+            self._replace_dead(partition, attempt + 1)
 
     def describe(self) -> tuple[dict[str, Any], Schema]:
         return self.config.to_dict(), self.schema

@@ -328,3 +328,41 @@ def test_a_lost_replica_is_replaced_and_rebuilt_while_writes_go_on(ray_address, 
         _check_state(db, writer)
     finally:
         db.shutdown()
+
+
+def test_killing_the_new_leader_while_its_replacement_catches_up(ray_address, tmp_path):
+    db = Cluster.create(bank.schema(), partitions=1, k=2, name="test-rep-double", data_dir=str(tmp_path))
+    try:
+        db.call_many("open_account", [(i, f"o{i}", 0) for i in range(10)])
+        with Writer(db, 10) as writer:
+            writer.wait_for_acks(500)
+            runtime.kill(runtime.find(db.status()["leaders"][0]))      # failover 1; a replacement starts
+            writer.wait_for_acks(50)
+            runtime.kill(runtime.find(db.status()["leaders"][0]))      # the new leader, during the rebuild
+            writer.wait_for_acks(300)
+            _wait_until(lambda: _redundant(db, 3), timeout_s=180, what="three replicas again")
+            writer.wait_for_acks(300)
+        assert writer.unknown == []
+        _check_state(db, writer)
+    finally:
+        db.shutdown()
+
+
+def test_killing_k_replicas_at_once(ray_address, tmp_path):
+    db = Cluster.create(bank.schema(), partitions=1, k=2, name="test-rep-k-at-once", data_dir=str(tmp_path))
+    try:
+        db.call_many("open_account", [(i, f"o{i}", 0) for i in range(10)])
+        with Writer(db, 10) as writer:
+            writer.wait_for_acks(300)
+            status = db.status()
+            leader = status["leaders"][0]
+            follower = next(r["actor_name"] for r in status["replicas"] if r["role"] == "follower")
+            runtime.kill(runtime.find(leader))
+            runtime.kill(runtime.find(follower))
+            writer.wait_for_acks(300)
+            _wait_until(lambda: _redundant(db, 3), timeout_s=180, what="three replicas again")
+            writer.wait_for_acks(300)
+        assert writer.unknown == []
+        _check_state(db, writer)
+    finally:
+        db.shutdown()
