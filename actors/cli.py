@@ -221,12 +221,14 @@ def _status(args: argparse.Namespace) -> int:
         out.print_json(json.dumps(status, default=str))
         return 0
     t = RichTable(title=f"cluster {status['name']} (map version {status['map_version']}, k={status['k']})")
-    for col in ("partition", "replica", "role", "epoch", "health", "actor", "node", "pid", "rows", "committed", "aborted", "failed"):
+    for col in ("partition", "replica", "role", "state", "epoch", "health", "lsn (written/durable)", "actor", "node",
+                "pid", "rows", "committed", "aborted", "failed"):
         t.add_column(col)
     for r in status["replicas"]:
         rows = ", ".join(f"{k}={v}" for k, v in r.get("rows", {}).items())
-        t.add_row(str(r["partition"]), str(r["replica"]), r["role"], str(r["epoch"]), r["health"], r["actor_name"],
-                  (r["node_id"] or "?")[:12], str(r["pid"]), rows, str(r.get("committed", "")),
+        lsn = f"{r['written_lsn']}/{r['durable_lsn']}" if "written_lsn" in r else ""
+        t.add_row(str(r["partition"]), str(r["replica"]), r["role"], r["state"], str(r["epoch"]), r["health"], lsn,
+                  r["actor_name"], (r["node_id"] or "?")[:12], str(r["pid"]), rows, str(r.get("committed", "")),
                   str(r.get("aborted", "")), str(r.get("failed", "")))
     out.print(t)
     counts = status["counts"]
