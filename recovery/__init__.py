@@ -1,1 +1,2 @@
-"""ohmdb recovery: redo records, the cluster map, and (to come) logs, snapshots and replay."""
+"""ohmdb recovery: redo records and their Arrow log format, segment files, group commit, snapshots,
+phased recovery, the catalog, the cluster map and the replication rules -- all without Ray."""
