@@ -182,12 +182,27 @@ class ScatterContext:
         return self._gather(list(range(self.partitions)), fragment, args)
 
     def _gather(self, partitions: list[int], fragment: Callable[..., Any], args: tuple) -> list[Any]:
-        refs = [self._cluster._submit(p, "run_fragment", fragment, args) for p in partitions]
+        """Run a read-only fragment on each partition's leader; a read whose leader died or was
+        fenced is simply sent again to the new one (reads change nothing)."""
+        cluster = self._cluster
+        answers = [cluster._submit(p, "run_fragment", fragment, args) for p in partitions]
+        answers = runtime.get_each(answers, cluster.config.call_timeout_s, "run_fragment")
+        for _ in range(DEAD_LEADER_RETRIES):
+            again = [k for k, a in enumerate(answers) if _leader_gone(a)]
+            if not again:
+                break
+            for k in again:
+                if isinstance(answers[k], ActorDied):
+                    cluster._leader_failed(partitions[k])
+                else:
+                    cluster._refresh_routing()
+            refs = [cluster._submit(partitions[k], "run_fragment", fragment, args) for k in again]
+            for k, answer in zip(again, runtime.get_each(refs, cluster.config.call_timeout_s, "run_fragment")):
+                answers[k] = answer
         out = []
-        for p, answer in zip(partitions, runtime.get_each(refs, self._cluster.config.call_timeout_s, "run_fragment")):
+        for p, answer in zip(partitions, answers):
             if isinstance(answer, ActorDied):
-                self._cluster._leader_failed(p)
-                raise PartitionUnavailable(f"partition {p}: its leader died; retry the read", partition=p)
+                raise PartitionUnavailable(f"partition {p}: its leaders kept dying", partition=p)
             if isinstance(answer, OhmError):
                 raise answer
             result, err = answer
@@ -195,6 +210,13 @@ class ScatterContext:
                 raise err
             out.append(result)
         return out
+
+
+def _leader_gone(answer: Any) -> bool:
+    """A fragment's answer says its leader died, was fenced, or is no longer the leader."""
+    if isinstance(answer, ActorDied):
+        return True
+    return isinstance(answer, tuple) and isinstance(answer[1], (StaleEpoch, NotLeader))
 
 
 class Cluster:

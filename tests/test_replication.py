@@ -366,3 +366,15 @@ def test_killing_k_replicas_at_once(ray_address, tmp_path):
         _check_state(db, writer)
     finally:
         db.shutdown()
+
+
+def test_a_read_whose_leader_just_died_is_sent_to_the_new_one(ray_address):
+    db = Cluster.create(bank.schema(), partitions=2, k=1, name="test-rep-read", durability="off")
+    try:
+        db.call_many("open_account", [(i, f"o{i}", 3) for i in range(10)])
+        runtime.kill(runtime.find(db.status()["leaders"][1]))
+        assert runtime.wait_gone("test-rep-read:p1:r0", 30)
+        assert db.call("total_balance") == 30  # no PartitionUnavailable: the read went to the promoted follower
+        assert db.status()["leaders"][1] == "test-rep-read:p1:r1"
+    finally:
+        db.shutdown()
