@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import time
 
 import pytest
 
@@ -50,6 +52,17 @@ def test_choose_leader_prefers_the_highest_lsn_then_the_lowest_replica():
 
 
 # --- through Ray --------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _ledger(name: str, tmp_path, partitions: int, k: int, accounts: int):
+    """A durable cluster with ``accounts`` empty accounts, shut down afterwards."""
+    db = Cluster.create(bank.schema(), partitions=partitions, k=k, name=name, data_dir=str(tmp_path))
+    try:
+        db.call_many("open_account", [(i, f"o{i}", 0) for i in range(accounts)])
+        yield db
+    finally:
+        db.shutdown()
 
 
 def _replica_states(db: Cluster) -> dict[int, list[tuple]]:
@@ -120,9 +133,7 @@ def test_a_follower_answers_not_leader_and_refuses_a_stale_epoch(replicated):
 
 
 def test_losing_a_follower_keeps_the_partition_writing(ray_address, tmp_path):
-    db = Cluster.create(bank.schema(), partitions=1, k=1, name="test-rep-loss", data_dir=str(tmp_path))
-    try:
-        db.call_many("open_account", [(i, f"o{i}", 0) for i in range(5)])
+    with _ledger("test-rep-loss", tmp_path, partitions=1, k=1, accounts=5) as db:
         runtime.kill(runtime.find("test-rep-loss:p0:r1"))
         assert runtime.wait_gone("test-rep-loss:p0:r1", 30)
         out = db.call_many("credit", [(i, 100 + i, 2) for i in range(5)])
@@ -132,8 +143,6 @@ def test_losing_a_follower_keeps_the_partition_writing(ray_address, tmp_path):
         _wait_until(lambda: _redundant(db, 2), what="the replacement")
         leader = next(r for r in db.status()["replicas"] if r["role"] == "leader")
         assert leader["followers"] == ["test-rep-loss:p0:r1.g1"]
-    finally:
-        db.shutdown()
 
 
 @pytest.mark.parametrize("durability", ["async", "off"])
@@ -174,7 +183,6 @@ class Writer:
                     self.unknown.append((args, out))
 
     def wait_for_acks(self, n: int, timeout_s: float = 60) -> None:
-        import time
         deadline = time.monotonic() + timeout_s
         target = len(self.acked) + n
         while len(self.acked) < target:
@@ -197,9 +205,7 @@ def _check_state(db: Cluster, writer: Writer) -> None:
 
 
 def test_killing_each_leader_under_load_fails_over_and_loses_nothing(ray_address, tmp_path):
-    db = Cluster.create(bank.schema(), partitions=2, k=2, name="test-failover", data_dir=str(tmp_path))
-    try:
-        db.call_many("open_account", [(i, f"o{i}", 0) for i in range(12)])
+    with _ledger("test-failover", tmp_path, partitions=2, k=2, accounts=12) as db:
         with Writer(db, 12) as writer:
             writer.wait_for_acks(200)
             for victim_partition in (0, 1, 0):
@@ -213,8 +219,6 @@ def test_killing_each_leader_under_load_fails_over_and_loses_nothing(ray_address
         epochs = {p: max(r["epoch"] for r in status["replicas"] if r["partition"] == p) for p in (0, 1)}
         assert epochs == {0: 3, 1: 2}
         _check_state(db, writer)
-    finally:
-        db.shutdown()
 
 
 def test_losing_every_replica_makes_the_partition_unavailable_not_wrong(ray_address, tmp_path):
@@ -261,9 +265,7 @@ def test_a_retried_request_gets_its_first_outcome_even_after_a_restart(ray_addre
 
 
 def test_after_failovers_and_losing_every_replica_the_disk_restores_all_acknowledged(ray_address, tmp_path):
-    db = Cluster.create(bank.schema(), partitions=2, k=1, name="test-rep-disk", data_dir=str(tmp_path))
-    try:
-        db.call_many("open_account", [(i, f"o{i}", 0) for i in range(10)])
+    with _ledger("test-rep-disk", tmp_path, partitions=2, k=1, accounts=10) as db:
         with Writer(db, 10) as writer:
             writer.wait_for_acks(200)
             runtime.kill(runtime.find(db.status()["leaders"][0]))   # failover: p0 now has one replica
@@ -274,8 +276,6 @@ def test_after_failovers_and_losing_every_replica_the_disk_restores_all_acknowle
                 writer.wait_for_acks(1)
                 deadline -= 1
         assert any(isinstance(e, PartitionUnavailable) for _, e in writer.unknown)
-    finally:
-        db.shutdown()
     # The two replicas of p0 stopped at different points, in different epochs: the newest log
     # leads, the other is rebuilt from it.
     db = Cluster.create(bank.schema(), partitions=2, k=1, name="test-rep-disk", data_dir=str(tmp_path))
@@ -291,7 +291,6 @@ def test_after_failovers_and_losing_every_replica_the_disk_restores_all_acknowle
 
 
 def _wait_until(condition, timeout_s: float = 120, what: str = "condition") -> None:
-    import time
     deadline = time.monotonic() + timeout_s
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
@@ -308,9 +307,7 @@ def _redundant(db: Cluster, replicas_per_partition: int) -> bool:
 
 
 def test_a_lost_replica_is_replaced_and_rebuilt_while_writes_go_on(ray_address, tmp_path):
-    db = Cluster.create(bank.schema(), partitions=2, k=1, name="test-rebuild", data_dir=str(tmp_path))
-    try:
-        db.call_many("open_account", [(i, f"o{i}", 0) for i in range(10)])
+    with _ledger("test-rebuild", tmp_path, partitions=2, k=1, accounts=10) as db:
         with Writer(db, 10) as writer:
             writer.wait_for_acks(300)
             runtime.kill(runtime.find("test-rebuild:p1:r1"))                 # a follower
@@ -326,14 +323,10 @@ def test_a_lost_replica_is_replaced_and_rebuilt_while_writes_go_on(ray_address, 
         names = {r["actor_name"] for r in status["replicas"] if r["state"] == "serving"}
         assert any(".g1" in n for n in names)
         _check_state(db, writer)
-    finally:
-        db.shutdown()
 
 
 def test_killing_the_new_leader_while_its_replacement_catches_up(ray_address, tmp_path):
-    db = Cluster.create(bank.schema(), partitions=1, k=2, name="test-rep-double", data_dir=str(tmp_path))
-    try:
-        db.call_many("open_account", [(i, f"o{i}", 0) for i in range(10)])
+    with _ledger("test-rep-double", tmp_path, partitions=1, k=2, accounts=10) as db:
         with Writer(db, 10) as writer:
             writer.wait_for_acks(500)
             runtime.kill(runtime.find(db.status()["leaders"][0]))      # failover 1; a replacement starts
@@ -344,14 +337,10 @@ def test_killing_the_new_leader_while_its_replacement_catches_up(ray_address, tm
             writer.wait_for_acks(300)
         assert writer.unknown == []
         _check_state(db, writer)
-    finally:
-        db.shutdown()
 
 
 def test_killing_k_replicas_at_once(ray_address, tmp_path):
-    db = Cluster.create(bank.schema(), partitions=1, k=2, name="test-rep-k-at-once", data_dir=str(tmp_path))
-    try:
-        db.call_many("open_account", [(i, f"o{i}", 0) for i in range(10)])
+    with _ledger("test-rep-k-at-once", tmp_path, partitions=1, k=2, accounts=10) as db:
         with Writer(db, 10) as writer:
             writer.wait_for_acks(300)
             status = db.status()
@@ -364,8 +353,6 @@ def test_killing_k_replicas_at_once(ray_address, tmp_path):
             writer.wait_for_acks(300)
         assert writer.unknown == []
         _check_state(db, writer)
-    finally:
-        db.shutdown()
 
 
 def test_a_read_whose_leader_just_died_is_sent_to_the_new_one(ray_address):
