@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from rich.console import Console
@@ -85,6 +86,15 @@ def _parser() -> argparse.ArgumentParser:
     rc.add_argument("--data-dir", required=True, help="the database's data directory")
     rc.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    fl = sub.add_parser("faults", help="list fault reports",
+                        description="List a cluster's fault reports: kind, where, durations, actions. "
+                                    "From a running cluster (--name), or from a data directory (--data-dir).")
+    fl.add_argument("--name", default="ohmdb", help="cluster name (default ohmdb)")
+    fl.add_argument("--address", default="auto", help="Ray cluster address (default auto)")
+    fl.add_argument("--data-dir", help="read the reports kept in this data directory (no running cluster needed)")
+    fl.add_argument("--json", action="store_true", help="print JSON (one list) instead of a table")
+    fl.add_argument("--actions", action="store_true", help="also list each report's actions with their times")
+
     sd = sub.add_parser("shutdown", help="stop a running cluster", description="Stop every actor of a running cluster.")
     sd.add_argument("--name", default="ohmdb", help="cluster name (default ohmdb)")
     sd.add_argument("--address", default="auto", help="Ray cluster address (default auto)")
@@ -100,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             return _status(args)
         if args.command == "shutdown":
             return _shutdown(args)
+        if args.command == "faults":
+            return _faults(args)
         if args.command == "log":
             return _log_dump(args)
         if args.command == "recover":
@@ -221,20 +233,60 @@ def _status(args: argparse.Namespace) -> int:
         out.print_json(json.dumps(status, default=str))
         return 0
     t = RichTable(title=f"cluster {status['name']} (map version {status['map_version']}, k={status['k']})")
-    for col in ("partition", "replica", "role", "state", "epoch", "health", "lsn (written/durable)", "actor", "node",
-                "pid", "rows", "committed", "aborted", "failed"):
+    for col in ("partition", "replica", "role", "state", "epoch", "health", "heartbeat", "lsn (written/durable)",
+                "actor", "node", "pid", "rows", "committed", "aborted", "failed"):
         t.add_column(col)
     for r in status["replicas"]:
         rows = ", ".join(f"{k}={v}" for k, v in r.get("rows", {}).items())
         lsn = f"{r['written_lsn']}/{r['durable_lsn']}" if "written_lsn" in r else ""
-        t.add_row(str(r["partition"]), str(r["replica"]), r["role"], r["state"], str(r["epoch"]), r["health"], lsn,
-                  r["actor_name"], (r["node_id"] or "?")[:12], str(r["pid"]), rows, str(r.get("committed", "")),
+        hb = r.get("heartbeat")
+        beat = "" if not hb else f"{hb['silence_s'] * 1000:.0f} ms ago, phi {hb['phi']:.1f}"
+        t.add_row(str(r["partition"]), str(r["replica"]), r["role"], r["state"], str(r["epoch"]), r["health"], beat,
+                  lsn, r["actor_name"], (r["node_id"] or "?")[:12], str(r["pid"]), rows, str(r.get("committed", "")),
                   str(r.get("aborted", "")), str(r.get("failed", "")))
     out.print(t)
     counts = status["counts"]
     out.print(f"nodes: {len(status['nodes'])}  replicas ok: {counts['replicas_ok']}/{counts['replicas_total']}  "
-              f"committed: {counts['committed']}  rows: {counts['rows']}")
+              f"committed: {counts['committed']}  rows: {counts['rows']}  open faults: {status['faults_open']}")
+    if status.get("halted"):
+        out.print(f"[bold red]writes halted:[/] {status['halted']}")
     return 0
+
+
+def _faults(args: argparse.Namespace) -> int:
+    if args.data_dir:
+        from recovery.supervisor_store import DirStore
+
+        reports = DirStore(args.data_dir).reports()
+    else:
+        from actors.client import Cluster
+
+        reports = Cluster.connect(args.name, address=args.address).faults()
+    if args.json:
+        out.print_json(json.dumps(reports, default=str))
+        return 0
+    t = RichTable(title=f"{len(reports)} fault report(s)")
+    for col in ("id", "kind", "signal", "detected", "where", "partitions", "state", "detection", "available",
+                "redundant"):
+        t.add_column(col)
+    for r in reports:
+        d = r.get("durations", {})
+        actors = ", ".join(f"{a['actor']} ({a['role']})" for a in r["where"].get("actors", []))
+        t.add_row(r["id"], r["kind"], r["signal"], time.strftime("%H:%M:%S", time.localtime(r["detected_at"])), actors,
+                  ",".join(map(str, r.get("impact", {}).get("partitions", []))), r["state"],
+                  _ms(d.get("detection_s")), _ms(d.get("availability_s")), _ms(d.get("redundancy_s")))
+    out.print(t)
+    if args.actions:
+        for r in reports:
+            out.print(f"{r['id']} {r['kind']}:")
+            for a in r["actions"]:
+                detail = ", ".join(f"{k}={v}" for k, v in a.items() if k not in ("at", "action"))
+                out.print(f"  +{(a['at'] - r['fault_at']) * 1000:8.1f} ms  {a['action']}  {detail}")
+    return 0
+
+
+def _ms(seconds: float | None) -> str:
+    return "" if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
 def _shutdown(args: argparse.Namespace) -> int:

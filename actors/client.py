@@ -25,6 +25,7 @@ import itertools
 import os
 import sys
 import threading
+import time
 import uuid
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -33,12 +34,13 @@ import pyarrow as pa
 from actors import runtime
 from actors.config import ClusterConfig, validate_cluster_name
 from actors.errors import (
-    ActorDied, BatchTooLarge, ClusterExists, ClusterNotFound, InvalidArguments, InvalidConfig,
+    ActorDied, BatchTooLarge, ClusterExists, ClusterNotFound, InvalidArguments, InvalidConfig, LogWriteFailed,
     NotLeader, OhmError, PartitionUnavailable, StaleEpoch, UnknownProcedure,
 )
 from actors.routing import partition_of
 from actors.schema import Procedure, Schema
 from actors.supervisor import Supervisor
+from actors.watchdog import watchdog_name
 from recovery.catalog import check_compatible, read_catalog, write_catalog
 from recovery.cluster_map import supervisor_name
 
@@ -91,13 +93,15 @@ class BatchFuture:
         return self._value
 
     def _retry_dead_leaders(self, answers: list[Any], deadline_s: float) -> list[Any]:
-        """Re-send a dead (or fenced) leader's batches, with their request ids, to the promoted follower.
+        """Re-send the batches of a leader that died, was fenced or lost its log, with their request ids,
+        to the promoted follower.
 
         The new leader returns the first outcome of a batch the old one had
         replicated, and executes one it never saw: each batch applies once.
         """
         for _ in range(DEAD_LEADER_RETRIES):
-            dead = [k for k, a in enumerate(answers) if isinstance(a, ActorDied)]
+            dead = [k for k, a in enumerate(answers)
+                    if isinstance(a, ActorDied) or (isinstance(a, tuple) and isinstance(a[2], LogWriteFailed))]
             fenced = [k for k, a in enumerate(answers) if isinstance(a, tuple) and isinstance(a[2], StaleEpoch)]
             if not dead and not fenced:
                 break
@@ -296,8 +300,9 @@ class Cluster:
         _ship_procedures_by_value(schema)
         try:
             # On the creating driver's node (the head, usually): a worker node's loss must not take it along.
-            sup = runtime.spawn(Supervisor, supervisor_name(name), config.to_dict(), schema, max_restarts=0,
-                                node_id=runtime.own_node_id())
+            # Ray restarts it whenever its process dies (SUPERVISOR_RESTARTS_MAX); it reloads its map then.
+            sup = runtime.spawn(Supervisor, supervisor_name(name), config.to_dict(), schema,
+                                max_restarts=SUPERVISOR_RESTARTS_MAX, node_id=runtime.own_node_id())
         except ValueError:
             raise ClusterExists(
                 f"a cluster named {name!r} is running; Cluster.connect({name!r}) to use it or shut it down first",
@@ -412,8 +417,28 @@ class Cluster:
     # -- inspection -----------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """Partitions, replicas (role, epoch, node, pid, counts), leaders, nodes, totals."""
-        return runtime.call(self._supervisor, "status", timeout_s=self.config.call_timeout_s)
+        """Partitions, replicas (role, epoch, node, pid, counts, heartbeat health), leaders, nodes, totals."""
+        return self._ask_supervisor("status")
+
+    def faults(self) -> list[dict[str, Any]]:
+        """Every fault report of this cluster (and of earlier runs on the same data_dir), oldest first.
+
+        Each: id, kind, signal, detected_at, fault_at, where, impact, actions,
+        state, available_at, recovered_at, durations (detection_s,
+        availability_s, redundancy_s).
+        """
+        return self._ask_supervisor("faults")
+
+    def _ask_supervisor(self, method: str, *args: Any) -> Any:
+        """Call the supervisor; while Ray restarts it (it died), wait and ask again, up to a bound."""
+        deadline = time.monotonic() + SUPERVISOR_RESTART_WAIT_S
+        while True:
+            try:
+                return runtime.call(self._supervisor, method, *args, timeout_s=self.config.call_timeout_s)
+            except ActorDied:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(SUPERVISOR_RETRY_S)
 
     # -- internals ------------------------------------------------------------------
 
@@ -433,14 +458,13 @@ class Cluster:
     def _leader_failed(self, partition: int) -> None:
         """Tell the supervisor our leader died; it fences and promotes; take the new routing."""
         try:
-            routing = runtime.call(self._supervisor, "leader_failed", partition, self._map_version,
-                                   timeout_s=self.config.call_timeout_s)
+            routing = self._ask_supervisor("leader_failed", partition, self._map_version)
         except OhmError:
             return
         self._set_routing(routing)
 
     def _refresh_routing(self) -> None:
-        self._set_routing(runtime.call(self._supervisor, "routing", timeout_s=self.config.call_timeout_s))
+        self._set_routing(self._ask_supervisor("routing"))
 
     def _load(self, table: str, rows: list[dict[str, Any]]) -> int:
         t = self.schema.tables[table]
@@ -467,6 +491,11 @@ CONNECT_TIMEOUT_S = 30.0
 NOT_LEADER_RETRIES = 3
 #: Times a batch whose leader died is re-sent (same request id) to the promoted follower.
 DEAD_LEADER_RETRIES = 3
+#: Restarts Ray grants a supervisor whose process died (-1: without limit).
+SUPERVISOR_RESTARTS_MAX = -1
+#: How long a call to a dead supervisor is retried while Ray restarts it.
+SUPERVISOR_RESTART_WAIT_S = 60.0
+SUPERVISOR_RETRY_S = 0.2
 
 
 def _open_data_dir(data_dir: str, config: ClusterConfig, schema: Schema) -> bool:
@@ -519,4 +548,5 @@ def _destroy(supervisor: Any, name: str) -> None:
     except OhmError:
         pass
     runtime.kill(supervisor)
+    runtime.kill(runtime.find(watchdog_name(name)))  # normally gone already (the supervisor's shutdown)
     runtime.wait_gone(supervisor_name(name), CONNECT_TIMEOUT_S)

@@ -15,6 +15,7 @@ from typing import Any
 
 from actors.errors import InvalidConfig
 from actors.partition_core import BATCH_TXNS_MAX
+from recovery.detector import MODES as DETECTOR_MODES, PHI
 from recovery.group_commit import FLUSH_INTERVAL_MS, MODES, OFF, SYNC
 from recovery.segments import SEGMENT_BYTES_MAX
 
@@ -29,6 +30,17 @@ CONTROL_TIMEOUT_S = 5.0
 SNAPSHOT_LOG_BYTES = 256 * 1024 * 1024
 #: How long the supervisor waits for a new actor to answer its first ping.
 SPAWN_TIMEOUT_S = 120.0
+
+#: How often the supervisor pings every replica (and the coordinator).
+HEARTBEAT_INTERVAL_MS = 100
+#: Silence after which a watched actor is suspected: the fixed timeout in "timeout" mode, the floor in "phi" mode.
+HEARTBEAT_TIMEOUT_MS = 250
+#: Ceiling of the phi-accrual timeout: however noisy the history, a hang is found within this.
+HEARTBEAT_TIMEOUT_MAX_MS = 2000
+#: Phi at which an actor is suspected (Cassandra's default).
+PHI_THRESHOLD = 8.0
+#: A timeout must cover at least this many heartbeat intervals (one late answer is not a fault).
+HEARTBEAT_INTERVALS_MIN = 2
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -47,6 +59,11 @@ class ClusterConfig:
     flush_interval_ms: int = FLUSH_INTERVAL_MS
     snapshot_log_bytes: int = SNAPSHOT_LOG_BYTES
     segment_bytes_max: int = SEGMENT_BYTES_MAX
+    detector: str = PHI                    # "phi" (phi-accrual) or "timeout" (fixed)
+    heartbeat_interval_ms: int = HEARTBEAT_INTERVAL_MS
+    heartbeat_timeout_ms: int = HEARTBEAT_TIMEOUT_MS
+    heartbeat_timeout_max_ms: int = HEARTBEAT_TIMEOUT_MAX_MS
+    phi_threshold: float = PHI_THRESHOLD
 
     @property
     def durability_mode(self) -> str:
@@ -87,7 +104,36 @@ class ClusterConfig:
                 f"control_timeout_s ({self.control_timeout_s}) must not exceed call_timeout_s ({self.call_timeout_s})",
                 setting="control_timeout_s",
             )
+        self._validate_heartbeats()
         return self
+
+    def _validate_heartbeats(self) -> None:
+        if self.detector not in DETECTOR_MODES:
+            raise InvalidConfig(f"detector must be one of {list(DETECTOR_MODES)}, got {self.detector!r}", setting="detector")
+        _positive_int("heartbeat_interval_ms", self.heartbeat_interval_ms, 60_000)
+        _positive_int("heartbeat_timeout_ms", self.heartbeat_timeout_ms, 600_000)
+        _positive_int("heartbeat_timeout_max_ms", self.heartbeat_timeout_max_ms, 600_000)
+        least = HEARTBEAT_INTERVALS_MIN * self.heartbeat_interval_ms
+        if self.heartbeat_timeout_ms < least:
+            raise InvalidConfig(
+                f"heartbeat_timeout_ms ({self.heartbeat_timeout_ms}) must be at least {HEARTBEAT_INTERVALS_MIN} "
+                f"heartbeat intervals ({least} ms), or one late answer would count as a fault",
+                setting="heartbeat_timeout_ms",
+            )
+        if self.heartbeat_timeout_max_ms < self.heartbeat_timeout_ms:
+            raise InvalidConfig(
+                f"heartbeat_timeout_max_ms ({self.heartbeat_timeout_max_ms}) must be at least heartbeat_timeout_ms "
+                f"({self.heartbeat_timeout_ms})", setting="heartbeat_timeout_max_ms",
+            )
+        if self.heartbeat_timeout_max_ms >= self.call_timeout_s * 1000:
+            raise InvalidConfig(
+                f"heartbeat_timeout_max_ms ({self.heartbeat_timeout_max_ms}) must be below call_timeout_s "
+                f"({self.call_timeout_s} s): a hang must be found before callers give up",
+                setting="heartbeat_timeout_max_ms",
+            )
+        ok = isinstance(self.phi_threshold, (int, float)) and not isinstance(self.phi_threshold, bool)
+        if not ok or not 1.0 <= self.phi_threshold <= 12.0:
+            raise InvalidConfig(f"phi_threshold must be a number in 1..12, got {self.phi_threshold!r}", setting="phi_threshold")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -156,6 +156,12 @@ class PartitionUnavailable(OhmError):
     not_applied = False
 
 
+class ClusterMinority(OhmError):
+    """This side of the cluster reaches fewer than half of the nodes it last saw: writes stop (never run)."""
+
+    code = "CLUSTER_MINORITY"
+
+
 class LogWriteFailed(OhmError):
     """The replica could not make the batch durable (disk full, I/O error).
 

@@ -38,7 +38,7 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from actors import runtime
-from actors.errors import LogWriteFailed, NotLeader, OhmError, StaleEpoch, Timeout
+from actors.errors import ClusterMinority, LogWriteFailed, NotLeader, OhmError, StaleEpoch, Timeout
 from actors.partition_core import PartitionCore, is_failure
 from actors.schema import Schema
 from actors.sequencer import Sequencer
@@ -64,6 +64,7 @@ class PartitionReplica:
         self.epoch = epoch
         self.role = LEADER
         self.leader_name: str | None = None
+        self.halted: str | None = None  # why writes stopped (minority side), None while serving
         self.followers: dict[str, Any] = {}
         self.acks = AckTracker()
         self._ack_waiters: list[tuple[int, asyncio.Future]] = []
@@ -170,6 +171,8 @@ class PartitionReplica:
         return await self._replicated(target)
 
     def _refuse_unless_leader(self) -> OhmError | None:
+        if self.halted is not None:
+            return ClusterMinority(f"partition {self.core.partition_id}: {self.halted}", partition=self.core.partition_id)
         if self.role != LEADER:
             return NotLeader(
                 f"partition {self.core.partition_id} replica {self.replica} is a {self.role}; "
@@ -200,24 +203,25 @@ class PartitionReplica:
             answer = await runtime.get_async(ref, what=f"replicate to {name}")
         except OhmError as err:
             log.warning("follower %s failed (%s); asking the supervisor to drop it", name, err.code)
-            await self._report_follower_failed(name)
+            await self._report_follower_failed(name, err.code)
             return
         if isinstance(answer, StaleEpoch):
             self._fenced(answer)
             return
         if isinstance(answer, OhmError):
             log.warning("follower %s refused a batch: %s", name, answer)
-            await self._report_follower_failed(name)
+            await self._report_follower_failed(name, answer.code)
             return
         self.acks.ack(name, answer["held_lsn"])
         self._release_acks()
 
-    async def _report_follower_failed(self, name: str) -> None:
+    async def _report_follower_failed(self, name: str, code: str) -> None:
         supervisor = runtime.find(supervisor_name(self.cluster))
         if supervisor is None:
             return
         try:
-            await runtime.get_async(runtime.submit(supervisor, "follower_failed", self.core.partition_id, name, self.epoch))
+            await runtime.get_async(runtime.submit(supervisor, "follower_failed", self.core.partition_id, name,
+                                                         self.epoch, code))
         except OhmError as err:
             log.error("could not report follower %s: %s", name, err)
 
@@ -341,18 +345,24 @@ class PartitionReplica:
         if isinstance(answer, OhmError):
             return {"error": answer}
         held = answer["held_lsn"]
+        rounds = 0
         while held < self.log.written_lsn:
-            for batch, meta in self._batches_since(held + 1):
-                reply = await runtime.get_async(runtime.submit(handle, "replicate", self.epoch, batch, meta),
-                                                what=f"catch up {name}")
+            # Pipelined: every missing batch is sent at once (the follower orders them by LSN and
+            # shares fsyncs among them), so the catch-up outruns a leader that keeps writing.
+            refs = [runtime.submit(handle, "replicate", self.epoch, batch, meta)
+                    for batch, meta in self._batches_since(held + 1)]
+            for ref in refs:
+                reply = await runtime.get_async(ref, what=f"catch up {name}")
                 if isinstance(reply, OhmError):
                     return {"error": reply}
-                held = reply["held_lsn"]
+                held = max(held, reply["held_lsn"])
+            rounds += 1
         self.followers[name] = handle           # no await since the loop's last check:
         self.acks.acked[name] = held            # every later batch is shipped to it
         elapsed = time.perf_counter() - started
-        log.info("rebuilt %s: %d rows at lsn %d, caught up to %d in %.3f s", name, rows, lsn, held, elapsed)
-        return {"rows": rows, "snapshot_lsn": lsn, "held_lsn": held, "seconds": elapsed}
+        log.info("rebuilt %s: %d rows at lsn %d, caught up to %d in %d rounds, %.3f s", name, rows, lsn, held,
+                 rounds, elapsed)
+        return {"rows": rows, "snapshot_lsn": lsn, "held_lsn": held, "catch_up_rounds": rounds, "seconds": elapsed}
 
     async def install(self, epoch: int, leader_name: str, lsn: int, tables: dict[str, Any],
                       requests: list[tuple[str, bytes]]) -> dict[str, Any] | OhmError:
@@ -467,7 +477,14 @@ class PartitionReplica:
     # -- control group ------------------------------------------------------------------------
 
     async def ping(self) -> dict[str, Any]:
-        return {"partition": self.core.partition_id, "replica": self.replica, "epoch": self.epoch}
+        """The heartbeat answer: cheap counters only."""
+        return {"partition": self.core.partition_id, "replica": self.replica, "epoch": self.epoch, "role": self.role,
+                "written_lsn": self.log.written_lsn, "log_failed": self.log.failed is not None}
+
+    async def halt(self, reason: str | None) -> bool:
+        """Stop (reason given) or resume (None) taking transactions: the minority rule."""
+        self.halted = reason
+        return True
 
     async def status(self) -> dict[str, Any]:
         return {

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
 from typing import Any, Iterable
 
@@ -113,11 +114,66 @@ def actor_id(handle: Any) -> str | None:
 
 
 def kill(handle: Any) -> None:
-    """Kill an actor for good (no restart); a dead actor is not an error."""
+    """Kill an actor for good (no restart); a dead actor (or no handle) is not an error."""
+    if handle is None:
+        return
     try:
         ray.kill(handle, no_restart=True)
     except (ValueError, RayActorError):
         pass
+
+
+def _sigkill(pid: int) -> bool:
+    try:
+        os.kill(pid, signal.SIGKILL)  # works on a stopped (SIGSTOP) process too: it never runs again
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def process_state(node_id: str | None, pid: int | None) -> str | None:
+    """'running', 'stopped' (SIGSTOP), 'gone', or None when unknown (another node, or no pid)."""
+    if pid is None or node_id is None or node_id != own_node_id():
+        return None
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return "gone"
+    except OSError:
+        return None
+    return {"T": "stopped", "t": "stopped", "Z": "gone", "X": "gone"}.get(state, "running")
+
+
+def kill_process(node_id: str | None, pid: int | None) -> None:
+    """SIGKILL an actor's process by pid on its node, so a hung (stopped) process cannot wake and act.
+
+    ``ray.kill`` fails the actor's calls at once but leaves a stopped process
+    alive until it is continued, and it then finishes what it was running.
+    On this node the signal is sent directly; on another node by a small task
+    pinned there (not waited for).
+    """
+    if pid is None or node_id is None:
+        return
+    if node_id == own_node_id():
+        _sigkill(pid)
+        return
+    task = ray.remote(num_cpus=0, max_retries=0)(_sigkill).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False))
+    task.remote(pid)
+
+
+def restart(handle: Any) -> None:
+    """Kill an actor's process and let Ray restart it (it must have restarts left)."""
+    try:
+        ray.kill(handle, no_restart=False)
+    except (ValueError, RayActorError):
+        pass
+
+
+def was_restarted() -> bool:
+    """Inside an actor: True when Ray restarted it after its process died."""
+    return bool(ray.get_runtime_context().was_current_actor_reconstructed)
 
 
 def wait_gone(name: str, timeout_s: float) -> bool:
@@ -185,6 +241,22 @@ def get_each(refs: list[Any], timeout_s: float | None, what: str = "call") -> li
     return out
 
 
+def poll(refs: list[Any], timeout_s: float) -> list[Any]:
+    """The refs among ``refs`` that finish within ``timeout_s`` (all of them as soon as they have)."""
+    if not refs:
+        return []
+    done, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s, fetch_local=True)
+    return done
+
+
+def outcome(ref: Any, what: str = "call") -> Any:
+    """A finished ref's value, or its typed error as a value."""
+    try:
+        return get(ref, what=what)
+    except OhmError as err:
+        return err
+
+
 def ready(refs: list[Any]) -> bool:
     """True when every ref has finished (successfully or not)."""
     done, _ = ray.wait(refs, num_returns=len(refs), timeout=0, fetch_local=False)
@@ -220,6 +292,17 @@ def own_node_id() -> str:
 def own_identity() -> dict[str, Any]:
     """Where the calling process runs: node id and pid."""
     return {"node_id": own_node_id(), "pid": os.getpid()}
+
+
+def kv_get(key: str) -> bytes | None:
+    """Read from Ray's GCS key-value store (outlives actor restarts, not the Ray cluster)."""
+    from ray.experimental import internal_kv
+    return internal_kv._internal_kv_get(key, namespace=NAMESPACE)
+
+
+def kv_put(key: str, value: bytes) -> None:
+    from ray.experimental import internal_kv
+    internal_kv._internal_kv_put(key, value, overwrite=True, namespace=NAMESPACE)
 
 
 def dumps(value: Any) -> bytes:

@@ -1,28 +1,50 @@
-"""The supervisor actor: creates the partition replicas and owns the cluster map.
+"""The supervisor actor: owns the cluster map, finds faults, recovers from them, reports each one.
 
 Design note
 -----------
-One detached, named supervisor per cluster (``<name>:supervisor``).  It plans
-placement with the pure ``ClusterMap.plan``, spawns every replica through
-``runtime``, and from then on is the only writer of the map.  Clients ask it
-for routing (leader handles tagged with the map version) and status;
-``Cluster.connect`` asks it for the schema and config.
+One detached, named supervisor per cluster (``<name>:supervisor``), restarted
+by Ray when its process dies.  It is the only writer of the ``ClusterMap``,
+and every change of the map is persisted (``recovery.supervisor_store``:
+``data_dir/supervisor/map.json``, or Ray's key-value store without a data
+directory) before anyone acts on it.
 
-Faults reach it as reports: a client whose leader died calls
-``leader_failed`` (fence, choose by ``recovery.replication.choose_leader``,
-promote with repair, publish), a leader whose follower died calls
-``follower_failed`` (drop it from the configuration).  Either way a background
-thread then respawns the lost replica on a free node and has the leader
-rebuild it while writes go on.  Every phase is logged.  Heartbeats for hung
-actors, fault reports and a restartable supervisor come with the supervisor
-work; the decisions stay in the pure modules.
+Detection: a ``Watcher`` thread pings every serving replica and the watchdog
+(``actors.watchdog``, which in turn watches this actor); clients that see a
+dead leader and leaders that lose a follower report too.  Every fault event
+goes through ``_handle`` (under the map lock): a report is opened
+(``recovery.faults``), then per partition touched
+
+* a lost leader: kill it for good (SIGKILL by pid as well, so a paused process
+  cannot wake and act), fence every live replica into epoch + 1, promote the
+  one holding the most log (it first repairs the others), publish;
+* a lost follower: kill it and drop it from the leader's configuration;
+
+and a background replacement respawns each lost replica on a live node (not
+one under suspicion) and has the leader rebuild it while writes go on.  The
+report records each action with its time, when writes were accepted again and
+when the partition was back at k+1 replicas.
+
+Restart: when Ray restarts this actor, it reloads the map, finds every actor by
+name and asks its state, keeps a partition's configuration only if exactly one
+live leader holds the newest epoch and every live follower follows it, and
+otherwise elects again in a newer epoch -- so a supervisor killed in the
+middle of a recovery never leaves two leaders.
+
+Viability: a partition with no live replica answers PARTITION_UNAVAILABLE; if
+Ray reaches fewer than half of the nodes last seen (exactly half: without the
+lowest node id), every leader halts with CLUSTER_MINORITY until enough return.
+Every phase is logged as ``phase=...``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import queue
 import threading
 import time
+import uuid
 from typing import Any
 
 from actors import runtime
@@ -30,40 +52,67 @@ from actors.config import ClusterConfig
 from actors.errors import ActorDied, OhmError
 from actors.partition_actor import PartitionReplica
 from actors.schema import Schema
+from actors.watch import FaultEvent, Target, WatchSettings, Watcher
+from actors.watchdog import WATCHDOG_NOTE_KEY, Watchdog, watchdog_name
 from recovery.cluster_map import DEAD, FOLLOWER, LEADER, SERVING, STARTING, ClusterMap, ReplicaInfo, replica_name
+from recovery.faults import (
+    CORRUPT_LOG, CRASH, HANG, LOG_WRITE_FAILURE, NODE_LOSS, SUPERVISOR_RESTART, UNRECOVERED, FaultBook, FaultReport,
+)
+from recovery.membership import Membership
 from recovery.replication import choose_leader
+from recovery.supervisor_store import DirStore, KVStore
 
 log = logging.getLogger("ohmdb.supervisor")
 
-#: Attempts to replace one lost replica before waiting for the next fault report.
+#: Attempts to replace one lost replica before waiting for the next fault.
 REPLACE_ATTEMPTS_MAX = 5
 #: Pause between two attempts.
 REPLACE_RETRY_S = 0.5
+#: Fault events waiting to be handled; the watcher reports each actor once, so this is never near full.
+FAULT_QUEUE_MAX = 1024
+#: A node where a replica was found silent is not used for replacements for this long.
+SUSPECT_NODE_S = 30.0
+#: Where ``inject_crash`` can stop a recovery.
+CRASH_PHASES = ("fenced", "promoted", "respawned")
+#: A watchdog note older than this does not explain a restart.
+WATCHDOG_NOTE_S = 120.0
 
 
 class Supervisor:
     def __init__(self, config: dict[str, Any], schema: Schema) -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
         self.config = ClusterConfig(**config).validate()
         self.schema = schema
         self.map: ClusterMap | None = None
         self.handles: dict[str, Any] = {}
-        self._lock = threading.RLock()         # the map: actor methods and replacement threads
+        self._lock = threading.RLock()         # the map: actor methods, recovery and replacement threads
         self._replacing: set[tuple[int, int]] = set()
         self.rebuilds: list[dict[str, Any]] = []
         self.started_at = time.time()
         self.identity = runtime.own_identity()
+        self.store = _open_store(self.config)
+        self.book = FaultBook(self.store, run=uuid.uuid4().hex[:8])
+        self.membership: Membership | None = None
+        self.halted: str | None = None
+        self._suspect_nodes: dict[str, float] = {}
+        self._faults: queue.Queue[FaultEvent] = queue.Queue(maxsize=FAULT_QUEUE_MAX)
+        self.watchdog: Any = None
+        self.watcher: Watcher | None = None
+        self._crash_at: str | None = None      # test hook: die at this recovery phase
+        self.restarted = runtime.was_restarted()
+        if self.restarted:
+            self._resume()
+
+    # -- start ---------------------------------------------------------------------------------
 
     def start(self) -> dict[str, Any]:
-        """Spawn every replica and wait until each answers; return the map."""
+        """Spawn every replica, wait until each answers, choose leaders; then watch. Returns the map."""
         cfg = self.config
         nodes = [n["node_id"] for n in runtime.alive_nodes()]
         self.map = ClusterMap.plan(cfg.name, cfg.partitions, k=cfg.k, nodes=nodes)
         log.info("phase=spawn cluster=%s partitions=%d nodes=%d", cfg.name, cfg.partitions, len(nodes))
         for rep in self.map.replicas:
-            self.handles[rep.actor_name] = runtime.spawn(
-                PartitionReplica, rep.actor_name, cfg.name, self.schema, rep.partition, cfg.partitions,
-                rep.replica, rep.epoch, cfg.replica_settings(), node_id=rep.node_id,
-            )
+            self.handles[rep.actor_name] = self._spawn_replica(rep, fresh=False)
         log.info("phase=await-ready cluster=%s", cfg.name)
         refs = [runtime.submit(self.handles[r.actor_name], "status", control=True) for r in self.map.replicas]
         held: dict[str, tuple[int, int]] = {}
@@ -73,11 +122,31 @@ class Supervisor:
             rep.node_id, rep.pid, rep.state = answer["node_id"], answer["pid"], SERVING
             recovered = answer["recovery"] or {}
             held[rep.actor_name] = (recovered.get("last_epoch", 0), answer["written_lsn"])
+            self._report_corrupt_log(rep, recovered)
         log.info("phase=configure cluster=%s k=%d", cfg.name, cfg.k)
         for p in range(self.map.partitions):
             self._configure_partition(p, held)
+        with self._lock:
+            self._publish()
+        self._start_watching(set(nodes))
         log.info("phase=serving cluster=%s", cfg.name)
         return self.map.to_dict()
+
+    def _spawn_replica(self, rep: ReplicaInfo, fresh: bool) -> Any:
+        cfg = self.config
+        return runtime.spawn(PartitionReplica, rep.actor_name, cfg.name, self.schema, rep.partition, cfg.partitions,
+                             rep.replica, rep.epoch, cfg.replica_settings(), fresh, node_id=rep.node_id)
+
+    def _report_corrupt_log(self, rep: ReplicaInfo, recovered: dict[str, Any]) -> None:
+        """Recovery cut a torn/corrupt log or skipped a bad snapshot: that is a fault to report."""
+        if not recovered.get("cut") and not recovered.get("snapshots_skipped"):
+            return
+        now = time.time()
+        report = self.book.new(CORRUPT_LOG, "recovery", now, None, _where([rep]), partitions=[rep.partition],
+                               cut=recovered.get("cut"), snapshots_skipped=recovered.get("snapshots_skipped"))
+        report.act(now, "cut-log", last_lsn=recovered.get("last_lsn"), replica=rep.actor_name)
+        report.mark_recovered(now)
+        self.book.save(report)
 
     def _configure_partition(self, partition: int, held: dict[str, tuple[int, int]]) -> None:
         """Cold start: the replica whose log is newest (last epoch, then LSN) leads a new epoch.
@@ -116,43 +185,166 @@ class Supervisor:
         if "error" in answer:
             raise answer["error"]
 
-    def leader_failed(self, partition: int, version_seen: int) -> dict[str, Any]:
+    def _publish(self) -> None:
+        """A new map version, persisted before anyone is told of it."""
+        m = self._map()
+        m.version += 1
+        self.store.save_map(m.to_dict())
+
+    # -- watching --------------------------------------------------------------------------------
+
+    def _start_watching(self, nodes: set[str]) -> None:
+        self.membership = Membership(nodes)
+        self._spawn_watchdog()
+        self.watcher = Watcher(WatchSettings.from_config(self.config), self._targets, self._enqueue,
+                               self._on_nodes, name="ohmdb-supervisor-watch")
+        self.watcher.start()
+        threading.Thread(target=self._recovery_loop, name="ohmdb-recovery", daemon=True).start()
+
+    def _spawn_watchdog(self) -> None:
+        name = watchdog_name(self.config.name)
+        old = runtime.find(name)
+        if old is not None:
+            runtime.kill(old)
+            runtime.wait_gone(name, self.config.control_timeout_s)
+        self.watchdog = runtime.spawn(Watchdog, name, self.config.to_dict(), node_id=runtime.own_node_id())
+        self._watchdog_identity = runtime.call(self.watchdog, "ping", control=True, timeout_s=self.config.spawn_timeout_s)
+
+    def _targets(self) -> dict[str, Target]:
+        m = self.map  # no lock: a copy of the list is consistent enough, and a failover must not stall pings
+        if m is None:
+            return {}
+        out = {r.actor_name: Target(r.actor_name, self.handles[r.actor_name], r.role, r.partition, r.node_id, r.pid)
+               for r in list(m.replicas) if r.state == SERVING and r.actor_name in self.handles}
+        if self.watchdog is not None:
+            ident = self._watchdog_identity
+            name = watchdog_name(self.config.name)
+            out[name] = Target(name, self.watchdog, "watchdog", None, ident["node_id"], ident["pid"])
+        return out
+
+    def _enqueue(self, event: FaultEvent) -> None:
+        try:
+            self._faults.put_nowait(event)
+        except queue.Full:
+            log.error("fault queue full (%d); dropped %s of %s", FAULT_QUEUE_MAX, event.kind, event.names)
+
+    def _recovery_loop(self) -> None:
+        while True:
+            event = self._faults.get()
+            try:
+                self._handle(event)
+            except Exception:
+                log.exception("handling %s of %s failed", event.kind, event.names)
+
+    def ping(self) -> dict[str, Any]:
+        return {**self.identity, "restarted": self.restarted}
+
+    def inject_crash(self, phase: str | None) -> bool:
+        """Test hook: the supervisor process dies the next time a recovery reaches ``phase``
+        (one of ``CRASH_PHASES``), as if killed exactly there."""
+        if phase is not None and phase not in CRASH_PHASES:
+            raise ValueError(f"unknown phase {phase!r}; known: {CRASH_PHASES}")
+        self._crash_at = phase
+        return True
+
+    def _checkpoint(self, phase: str) -> None:
+        if self._crash_at == phase:
+            log.error("phase=%s: dying here (injected)", phase)
+            os._exit(17)
+
+    # -- fault handling ------------------------------------------------------------------------------
+
+    def _handle(self, event: FaultEvent) -> FaultReport | None:
+        """Open a report for the event and recover every actor it names; returns the report."""
+        if event.kind in (HANG, NODE_LOSS) and event.node_id is not None:
+            self._suspect_nodes[event.node_id] = event.detected_at
+        if watchdog_name(self.config.name) in event.names:
+            return self._replace_watchdog(event)
         with self._lock:
-            routing = self._leader_failed(partition, version_seen)
-        self._replace_dead(partition)
-        return routing
+            m = self._map()
+            reps = [r for r in m.replicas if r.actor_name in event.names and r.state != DEAD]
+            if not reps:
+                return None  # already handled (another signal was first)
+            partitions = sorted({r.partition for r in reps})
+            kind = self._localize(event, reps)
+            report = self.book.new(kind, event.signal, event.detected_at, event.fault_at, _where(reps),
+                                   partitions=partitions,
+                                   partitions_unavailable=sorted({r.partition for r in reps if r.role == LEADER}),
+                                   **event.detail)
+            for p in partitions:
+                lost = [r for r in reps if r.partition == p]
+                if any(r.role == LEADER for r in lost):
+                    self._leader_lost(p, lost, report)
+                else:
+                    self._followers_lost(p, lost, report)
+            if report.state != UNRECOVERED:
+                report.mark_available(time.time())
+            self.book.save(report)
+        for p in partitions:
+            self._replace_dead(p)
+        self._check_redundant()
+        return report
 
-    def _leader_failed(self, partition: int, version_seen: int) -> dict[str, Any]:
-        """A client found the partition's leader dead: fence, promote the most advanced live follower.
+    def _localize(self, event: FaultEvent, reps: list[ReplicaInfo]) -> str:
+        """Refine a silence with what the process table says (on this node): stopped, running, or gone."""
+        if event.kind != HANG:
+            return event.kind
+        states = {r.actor_name: runtime.process_state(r.node_id, r.pid) for r in reps}
+        event.detail["process"] = states
+        return CRASH if all(s == "gone" for s in states.values()) else HANG
 
-        Phases (each logged): fence (epoch + 1 on every live follower, which
-        stops them accepting the old leader), choose (highest LSN held),
+    def _kill(self, rep: ReplicaInfo, report: FaultReport | None) -> None:
+        """Kill for good; SIGKILL the process too when its node is alive (a paused process never wakes)."""
+        rep.state = DEAD
+        runtime.kill(self.handles.get(rep.actor_name))
+        if report is None or report.kind != NODE_LOSS:
+            runtime.kill_process(rep.node_id, rep.pid)
+        if report is not None:
+            report.act(time.time(), "kill", replica=rep.actor_name, pid=rep.pid)
+
+    def _leader_lost(self, partition: int, lost: list[ReplicaInfo], report: FaultReport) -> None:
+        old_lsn = self._last_written(lost)
+        for rep in lost:
+            self._kill(rep, report)
+            rep.role = FOLLOWER
+        new = self._elect(partition, report)
+        if new is not None and old_lsn is not None:
+            report.impact["records_not_replicated"] = max(0, old_lsn - new[1])
+
+    def _last_written(self, reps: list[ReplicaInfo]) -> int | None:
+        replies = [self.watcher.last_reply.get(r.actor_name) if self.watcher else None for r in reps]
+        lsns = [a["written_lsn"] for a in replies if a]
+        return max(lsns) if lsns else None
+
+    def _elect(self, partition: int, report: FaultReport | None) -> tuple[ReplicaInfo, int] | None:
+        """Fence every live replica into a new epoch, promote the most advanced one, publish.
+
+        Phases (each logged): fence (epoch + 1 on every live replica, which
+        stops them accepting an old leader), choose (highest LSN held),
         promote (the new leader first sends the others what they miss), publish.
         """
         m = self._map()
-        leader = m.leader(partition) if any(r.role == LEADER for r in m.of_partition(partition)) else None
-        if m.version > version_seen and leader is not None and leader.state == SERVING:
-            return self._routing()
         epoch = max(r.epoch for r in m.of_partition(partition)) + 1
         log.warning("phase=fence partition=%d epoch=%d", partition, epoch)
-        if leader is not None:
-            leader.state, leader.role = DEAD, FOLLOWER
-            runtime.kill(self.handles[leader.actor_name])  # a hung leader must not act when it wakes
         candidates = [r for r in m.of_partition(partition) if r.state == SERVING]
         refs = [runtime.submit(self.handles[r.actor_name], "fence", epoch) for r in candidates]
         held: dict[int, int] = {}
         for rep, answer in zip(candidates, runtime.get_each(refs, self.config.control_timeout_s, what="fence")):
             if isinstance(answer, OhmError):
-                rep.state = DEAD
-                runtime.kill(self.handles[rep.actor_name])
+                self._kill(rep, report)
                 continue
-            rep.epoch = epoch
+            rep.epoch, rep.role = max(epoch, answer["epoch"]), FOLLOWER
             held[rep.replica] = answer["written_lsn"]
+        _act(report, "fence", epoch=epoch, replicas=sorted(r.actor_name for r in candidates if r.replica in held))
+        self._checkpoint("fenced")
         chosen = choose_leader(held)
-        m.version += 1
         if chosen is None:
+            self._publish()
             log.error("phase=unavailable partition=%d: no live replica", partition)
-            return self._routing()
+            if report is not None:
+                report.mark_unrecovered(time.time(), f"partition {partition} has no live replica: PARTITION_UNAVAILABLE "
+                                                     "until it is restarted from disk")
+            return None
         new = next(r for r in candidates if r.replica == chosen)
         log.warning("phase=promote partition=%d replica=%s lsn=%d", partition, new.actor_name, held[chosen])
         followers = {r.actor_name: (self.handles[r.actor_name], held[r.replica])
@@ -162,37 +354,70 @@ class Supervisor:
         if "error" in answer:
             raise answer["error"]
         new.role = LEADER
+        self._checkpoint("promoted")
         for r in candidates:
             if r.replica != chosen and r.actor_name not in answer["followers"] and r.state == SERVING:
-                r.state = DEAD
-                runtime.kill(self.handles[r.actor_name])
+                self._kill(r, report)
         for r in candidates:
             if r.actor_name in answer["followers"]:
                 self._configure(r.actor_name, epoch, FOLLOWER, new.actor_name, {})
+        if self.halted is not None:
+            runtime.call(self.handles[new.actor_name], "halt", self.halted, control=True,
+                         timeout_s=self.config.control_timeout_s)
+        self._publish()
+        _act(report, "promote", replica=new.actor_name, lsn=held[chosen], epoch=epoch)
         log.warning("phase=published partition=%d leader=%s epoch=%d version=%d", partition, new.actor_name, epoch, m.version)
-        return self._routing()
+        return new, held[chosen]
 
-    def follower_failed(self, partition: int, actor_name: str, epoch: int) -> bool:
-        """A leader lost a follower: take it out of the configuration so acknowledgements go on."""
-        with self._lock:
-            dropped = self._follower_failed(partition, actor_name, epoch)
-        self._replace_dead(partition)
-        return dropped
-
-    def _follower_failed(self, partition: int, actor_name: str, epoch: int) -> bool:
+    def _followers_lost(self, partition: int, lost: list[ReplicaInfo], report: FaultReport | None) -> None:
+        """Kill lost followers and take them out of the leader's configuration so acknowledgements go on."""
         m = self._map()
-        rep = next((r for r in m.of_partition(partition) if r.actor_name == actor_name), None)
-        if rep is None or rep.state == DEAD or rep.role != FOLLOWER:
-            return False
-        log.warning("phase=drop-follower partition=%d replica=%s epoch=%d", partition, actor_name, epoch)
-        rep.state = DEAD
-        runtime.kill(self.handles[actor_name])
-        m.version += 1
-        leader = m.leader(partition)
-        live = [r for r in m.of_partition(partition) if r.role == FOLLOWER and r.state == SERVING]
-        self._configure(leader.actor_name, leader.epoch, LEADER, leader.actor_name,
-                        {r.actor_name: (self.handles[r.actor_name], 0) for r in live})
-        return True
+        for rep in lost:
+            log.warning("phase=drop-follower partition=%d replica=%s", partition, rep.actor_name)
+            self._kill(rep, report)
+        leaders = [r for r in m.of_partition(partition) if r.role == LEADER and r.state == SERVING]
+        if leaders:
+            leader = leaders[0]
+            live = [r for r in m.of_partition(partition) if r.role == FOLLOWER and r.state == SERVING]
+            self._configure(leader.actor_name, leader.epoch, LEADER, leader.actor_name,
+                            {r.actor_name: (self.handles[r.actor_name], 0) for r in live})
+            _act(report, "drop-follower", leader=leader.actor_name, followers=[r.actor_name for r in live])
+        self._publish()
+
+    # -- reports from clients and leaders ------------------------------------------------------------
+
+    def leader_failed(self, partition: int, version_seen: int) -> dict[str, Any]:
+        """A client found the partition's leader dead or its log failed: recover if not done yet; the routing."""
+        with self._lock:
+            m = self._map()
+            lead = [r for r in m.of_partition(partition) if r.role == LEADER and r.state == SERVING]
+            if not lead or m.version > version_seen:
+                return self._routing()
+            name = lead[0].actor_name
+            alive = runtime.get_each([runtime.submit(self.handles[name], "ping", control=True)],
+                                     self.config.control_timeout_s, what="ping")[0]
+            if isinstance(alive, ActorDied):
+                kind, signal = CRASH, "client-saw-death"
+            elif isinstance(alive, dict) and alive.get("log_failed"):
+                kind, signal = LOG_WRITE_FAILURE, "client-saw-log-failure"
+            else:
+                return self._routing()  # the client saw an older leader; this one answers
+        self._handle(FaultEvent(kind, signal, [name], lead[0].node_id, time.time(), self._heard(name)))
+        return self.routing()
+
+    def follower_failed(self, partition: int, actor_name: str, epoch: int, code: str = "ACTOR_DIED") -> bool:
+        """A leader could not replicate to a follower: that follower is taken out and replaced."""
+        kind = LOG_WRITE_FAILURE if code == "LOG_WRITE_FAILED" else CRASH
+        with self._lock:
+            rep = next((r for r in self._map().of_partition(partition) if r.actor_name == actor_name), None)
+            if rep is None or rep.state == DEAD or rep.role != FOLLOWER:
+                return False
+        report = self._handle(FaultEvent(kind, f"leader-saw-{code.lower()}", [actor_name], rep.node_id, time.time(),
+                                         self._heard(actor_name)))
+        return report is not None
+
+    def _heard(self, name: str) -> float | None:
+        return self.watcher.last_heard(name) if self.watcher else None
 
     def routing(self) -> dict[str, Any]:
         """Leader handles by partition (None: no live replica), with the map version they belong to."""
@@ -221,6 +446,13 @@ class Supervisor:
                     threading.Thread(target=self._replace, args=(partition, rep.replica, attempt), daemon=True,
                                      name=f"replace-p{partition}-r{rep.replica}").start()
 
+    def _placement_nodes(self) -> list[str]:
+        """Live nodes, without those where a replica went silent lately (unless no other is left)."""
+        alive = [n["node_id"] for n in runtime.alive_nodes()]
+        now = time.time()
+        trusted = [n for n in alive if now - self._suspect_nodes.get(n, -SUSPECT_NODE_S) >= SUSPECT_NODE_S]
+        return trusted or alive
+
     def _replace(self, partition: int, replica: int, attempt: int) -> None:
         started = time.time()
         retry = False
@@ -229,16 +461,15 @@ class Supervisor:
                 m = self._map()
                 old = next(r for r in m.of_partition(partition) if r.replica == replica)
                 leader = m.leader(partition)
-                node = m.replacement_node(partition, [n["node_id"] for n in runtime.alive_nodes()])
+                node = m.replacement_node(partition, self._placement_nodes())
                 new = ReplicaInfo(partition, replica, replica_name(m.name, partition, replica, old.generation + 1),
                                   FOLLOWER, epoch=leader.epoch, node_id=node, generation=old.generation + 1)
                 m.replicas[m.replicas.index(old)] = new
-                self.handles[new.actor_name] = runtime.spawn(
-                    PartitionReplica, new.actor_name, m.name, self.schema, partition, m.partitions, replica,
-                    leader.epoch, self.config.replica_settings(), True, node_id=node,
-                )
-                m.version += 1
+                self.handles[new.actor_name] = self._spawn_replica(new, fresh=True)
+                self._publish()
+                self._act_on_partition(partition, "respawn", replica=new.actor_name, node=node)
             log.warning("phase=respawn partition=%d replica=%s node=%s", partition, new.actor_name, node)
+            self._checkpoint("respawned")
             answer = runtime.call(self.handles[new.actor_name], "status", control=True, timeout_s=self.config.spawn_timeout_s)
             new.node_id, new.pid = answer["node_id"], answer["pid"]
             log.warning("phase=rebuild partition=%d replica=%s from=%s", partition, new.actor_name, leader.actor_name)
@@ -248,7 +479,9 @@ class Supervisor:
                 if not current or current[0] is not leader or new.state != STARTING:
                     raise RuntimeError(f"the leader changed while {new.actor_name} was rebuilt from {leader.actor_name}")
                 new.state = SERVING
-                self._map().version += 1
+                self._publish()
+                self._act_on_partition(partition, "rebuilt", replica=new.actor_name, rows=result["rows"],
+                                       seconds=round(result["seconds"], 3))
             self.rebuilds.append({"partition": partition, "replica": new.actor_name, **result,
                                   "total_s": round(time.time() - started, 3)})
             log.warning("phase=redundant partition=%d replica=%s rows=%d seconds=%.3f",
@@ -258,9 +491,7 @@ class Supervisor:
             with self._lock:
                 rep = next((r for r in self._map().of_partition(partition) if r.replica == replica), None)
                 if rep is not None and rep.state != SERVING:
-                    rep.state = DEAD
-                    if rep.actor_name in self.handles:
-                        runtime.kill(self.handles[rep.actor_name])
+                    self._kill(rep, None)
             retry = attempt < REPLACE_ATTEMPTS_MAX
         finally:
             with self._lock:
@@ -268,65 +499,254 @@ class Supervisor:
         if retry:
             time.sleep(REPLACE_RETRY_S)
             self._replace_dead(partition, attempt + 1)
+        self._check_redundant()
+
+    def _act_on_partition(self, partition: int, action: str, **detail: Any) -> None:
+        now = time.time()
+        for report in self.book.touching(partition):
+            report.act(now, action, **detail)
+            self.book.save(report)
+
+    def _check_redundant(self) -> None:
+        """Close every open report whose partitions are all back at k+1 serving replicas."""
+        with self._lock:
+            m = self._map()
+            full = {p for p in range(m.partitions)
+                    if sum(1 for r in m.of_partition(p) if r.state == SERVING) == m.k + 1}
+            now = time.time()
+            for report in list(self.book.open.values()):
+                if report.state != UNRECOVERED and set(report.impact.get("partitions", [])) <= full:
+                    report.mark_recovered(now)
+                    self.book.save(report)
+
+    # -- the watchdog ---------------------------------------------------------------------------------
+
+    def _replace_watchdog(self, event: FaultEvent) -> FaultReport:
+        ident = self._watchdog_identity
+        where = {"node": ident["node_id"], "actors": [{"actor": watchdog_name(self.config.name), "role": "watchdog",
+                                                       "partition": None, "pid": ident["pid"]}]}
+        report = self.book.new(event.kind, event.signal, event.detected_at, event.fault_at, where, partitions=[])
+        runtime.kill(self.watchdog)
+        runtime.kill_process(ident["node_id"], ident["pid"])
+        self._spawn_watchdog()
+        report.act(time.time(), "respawn", replica=watchdog_name(self.config.name))
+        report.mark_recovered(time.time())
+        self.book.save(report)
+        return report
+
+    # -- restart -------------------------------------------------------------------------------------
+
+    def _resume(self) -> None:
+        """Ray restarted us: reload the map, re-check every actor, repair, then watch again."""
+        started = time.time()
+        data = self.store.load_map()
+        log.warning("phase=resume-load cluster=%s map=%s", self.config.name, "found" if data else "missing")
+        if data is None:
+            return  # died before the first map was saved: the creating driver gives up and cleans up
+        note = self._watchdog_note()
+        if note.get("fault_at") is None:
+            note["fault_at"] = self._last_heard_by_watchdog()
+        report = self.book.new(SUPERVISOR_RESTART, note.get("signal", "ray-restart"), note.get("detected_at", started),
+                               note.get("fault_at"), {"node": self.identity["node_id"], "actors": [
+                                   {"actor": f"{self.config.name}:supervisor", "role": "supervisor", "partition": None,
+                                    "pid": note.get("pid")}]}, partitions=[], cause=note.get("kind", CRASH),
+                               process=note.get("process"))
+        report.act(started, "restarted", pid=self.identity["pid"], map_version=data.get("version"))
+        with self._lock:
+            self.map = ClusterMap.from_dict(data)
+            self._recheck(report)
+            report.act(time.time(), "rechecked", dead=[r.actor_name for r in self.map.replicas if r.state == DEAD])
+            report.impact["partitions"] = sorted({r.partition for r in self.map.replicas if r.state == DEAD})
+            self._publish()
+            report.mark_available(time.time())
+            self.book.save(report)
+        log.warning("phase=resume-watch cluster=%s", self.config.name)
+        self._start_watching({n["node_id"] for n in runtime.alive_nodes()})
+        report.act(time.time(), "watching")
+        self.book.save(report)
+        for p in range(self.map.partitions):
+            self._replace_dead(p)
+        self._check_redundant()
+
+    def _watchdog_note(self) -> dict[str, Any]:
+        raw = runtime.kv_get(WATCHDOG_NOTE_KEY.format(cluster=self.config.name))
+        note = json.loads(raw) if raw else {}
+        return note if note and time.time() - note.get("detected_at", 0) < WATCHDOG_NOTE_S else {}
+
+    def _last_heard_by_watchdog(self) -> float | None:
+        watchdog = runtime.find(watchdog_name(self.config.name))
+        if watchdog is None:
+            return None
+        try:
+            return runtime.call(watchdog, "last_heard", control=True, timeout_s=self.config.control_timeout_s)
+        except OhmError:
+            return None
+
+    def _recheck(self, report: FaultReport) -> None:
+        """Ask every actor of the map; keep what is consistent, kill the rest, elect where needed."""
+        m = self._map()
+        for rep in m.replicas:
+            handle = runtime.find(rep.actor_name) if rep.state != DEAD else None
+            if handle is None:
+                rep.state = DEAD
+            else:
+                self.handles[rep.actor_name] = handle
+        live = [r for r in m.replicas if r.state != DEAD]
+        refs = [runtime.submit(self.handles[r.actor_name], "status", control=True) for r in live]
+        answers = dict(zip([r.actor_name for r in live],
+                           runtime.get_each(refs, self.config.control_timeout_s, what="status")))
+        for rep in live:
+            a = answers[rep.actor_name]
+            if isinstance(a, OhmError) or rep.state == STARTING:  # a rebuild the old supervisor did not finish
+                self._kill(rep, report)
+            else:
+                rep.epoch, rep.role, rep.node_id, rep.pid = a["epoch"], a["role"], a["node_id"], a["pid"]
+        for p in range(m.partitions):
+            if not self._consistent(p, answers):
+                log.warning("phase=resume-elect partition=%d", p)
+                self._elect(p, report)
+                continue
+            serving = [r for r in m.of_partition(p) if r.state == SERVING]
+            lead = [r for r in serving if r.role == LEADER]
+            stray = [r for r in serving if lead and r.role != LEADER
+                     and r.actor_name not in answers[lead[0].actor_name]["followers"]]
+            if stray:  # followed the leader but was never (or no longer) in its configuration
+                self._followers_lost(p, stray, report)
+
+    def _consistent(self, partition: int, answers: dict[str, Any]) -> bool:
+        """Exactly one live leader, in the newest epoch any live replica knows, followed by every live follower."""
+        reps = [r for r in self._map().of_partition(partition) if r.state == SERVING]
+        if not reps:
+            return True  # nothing to elect from: PARTITION_UNAVAILABLE
+        newest = max(r.epoch for r in reps)
+        leaders = [r for r in reps if r.role == LEADER]
+        if len(leaders) != 1 or leaders[0].epoch != newest:
+            return False
+        lead = leaders[0]
+        return all(r.role == FOLLOWER and r.epoch == newest and answers[r.actor_name]["leader"] == lead.actor_name
+                   for r in reps if r is not lead)
+
+    # -- viability ---------------------------------------------------------------------------------
+
+    def _on_nodes(self, alive: set[str]) -> None:
+        """Called by the watcher with Ray's live nodes: reclassify hangs on lost nodes, apply the minority rule."""
+        now = time.time()
+        reachable = {n for n in alive if now - self._suspect_nodes.get(n, -SUSPECT_NODE_S) >= SUSPECT_NODE_S
+                     or self._node_answers(n)}
+        with self._lock:
+            for report in list(self.book.recent()):
+                node = report.where.get("node")
+                if report.kind == HANG and isinstance(node, str) and node not in alive:
+                    report.kind = NODE_LOSS
+                    report.act(now, "reclassified", reason="Ray reports the node dead")
+                    self.book.save(report)
+            membership = self.membership
+            changed = membership.observe(reachable) if membership is not None else None
+        if changed is not None:
+            self._set_halted(None if changed.viable else changed.reason)
+
+    def _node_answers(self, node: str) -> bool:
+        watcher = self.watcher
+        if watcher is None:
+            return False
+        return any(t.node_id == node and name in watcher.last_reply and not watcher.health(time.time())
+                   .get(name, {}).get("suspected") for name, t in self._targets().items())
+
+    def _set_halted(self, reason: str | None) -> None:
+        log.error("phase=%s reason=%s", "halt" if reason else "resume-writes", reason)
+        self.halted = reason
+        with self._lock:
+            m = self._map()
+            leaders = [r for r in m.replicas if r.role == LEADER and r.state == SERVING]
+        refs = [runtime.submit(self.handles[r.actor_name], "halt", reason, control=True) for r in leaders]
+        runtime.get_each(refs, self.config.control_timeout_s, what="halt")
+
+    # -- inspection ---------------------------------------------------------------------------------
 
     def describe(self) -> tuple[dict[str, Any], Schema]:
         return self.config.to_dict(), self.schema
 
-    def ping(self) -> bool:
-        return True
+    def faults(self) -> list[dict[str, Any]]:
+        return self.store.reports()
 
     def status(self) -> dict[str, Any]:
-        """The map joined with each replica's live answer (or 'unreachable')."""
+        """The map joined with each replica's live answer (or 'unreachable') and its heartbeat health."""
         with self._lock:
-            return self._status()
-
-    def _status(self) -> dict[str, Any]:
-        m = self._map()
-        refs = [runtime.submit(self.handles[r.actor_name], "status", control=True) for r in m.replicas]
+            m = self._map()
+            reps = list(m.replicas)
+            version = m.version
+        refs = [runtime.submit(self.handles[r.actor_name], "status", control=True) for r in reps]
         answers = runtime.get_each(refs, self.config.control_timeout_s, what="replica status")
-        answers = [ActorDied("removed from the configuration") if r.state == DEAD else a
-                   for r, a in zip(m.replicas, answers)]
+        health = self.watcher.health(time.time()) if self.watcher else {}
         replicas = []
-        for rep, answer in zip(m.replicas, answers):
+        for rep, answer in zip(reps, answers):
+            if rep.state == DEAD:
+                answer = ActorDied("removed from the configuration")
             entry = {"partition": rep.partition, "replica": rep.replica, "actor_name": rep.actor_name,
-                     "role": rep.role, "state": rep.state, "epoch": rep.epoch, "node_id": rep.node_id, "pid": rep.pid}
+                     "role": rep.role, "state": rep.state, "epoch": rep.epoch, "node_id": rep.node_id, "pid": rep.pid,
+                     "heartbeat": health.get(rep.actor_name)}
             if isinstance(answer, OhmError):
                 entry.update(health="unreachable", error=answer.code)
             else:
                 entry.update(health="ok" if not answer["log_failed"] else "log-failed", **{
                     k: answer[k] for k in ("rows", "committed", "aborted", "failed", "durability", "written_lsn",
-                                           "durable_lsn", "fsyncs", "batches_written", "log_failed", "leader", "followers", "snapshots_taken", "installs",
-                                           "last_snapshot", "recovery")
+                                           "durable_lsn", "fsyncs", "batches_written", "log_failed", "leader",
+                                           "followers", "snapshots_taken", "installs", "last_snapshot", "recovery")
                 })
             replicas.append(entry)
         return {
             "name": self.config.name,
-            "map_version": m.version,
+            "map_version": version,
             "partitions": m.partitions,
             "k": m.k,
             "replicas": replicas,
-            "leaders": {p: next((r.actor_name for r in m.of_partition(p) if r.role == LEADER and r.state == SERVING), None)
-                        for p in range(m.partitions)},
+            "leaders": {p: next((r.actor_name for r in reps if r.partition == p and r.role == LEADER and r.state == SERVING),
+                                None) for p in range(m.partitions)},
             "nodes": runtime.alive_nodes(),
-            "supervisor": {"actor_name": f"{self.config.name}:supervisor", **self.identity},
+            "supervisor": {"actor_name": f"{self.config.name}:supervisor", **self.identity, "restarted": self.restarted},
+            "halted": self.halted,
+            "faults_open": len(self.book.open),
             "rebuilds": list(self.rebuilds),
             "counts": _totals(replicas, {t.name for t in self.schema.tables.values() if t.replicated}),
         }
 
     def shutdown(self) -> int:
-        """Flush every replica's log, then kill it; the caller then kills this actor."""
+        """Stop watching, flush every replica's log, then kill it; the caller then kills this actor."""
+        if self.watcher is not None:
+            self.watcher.stop()
+        if self.watchdog is not None:
+            runtime.kill(self.watchdog)
         m = self._map()
         refs = [runtime.submit(self.handles[r.actor_name], "close") for r in m.replicas if r.state != DEAD]
         runtime.get_each(refs, self.config.call_timeout_s, what="close")  # a dead replica has nothing to flush
         for rep in m.replicas:
-            runtime.kill(self.handles[rep.actor_name])
+            runtime.kill(self.handles.get(rep.actor_name))
             rep.state = DEAD
+        if isinstance(self.store, KVStore):
+            self.store.clear()
         return len(m.replicas)
 
     def _map(self) -> ClusterMap:
         if self.map is None:
             raise RuntimeError("supervisor not started")
         return self.map
+
+
+def _open_store(cfg: ClusterConfig) -> DirStore | KVStore:
+    if cfg.data_dir:
+        return DirStore(cfg.data_dir)
+    return KVStore(f"cluster:{cfg.name}", runtime.kv_get, runtime.kv_put)
+
+
+def _where(reps: list[ReplicaInfo]) -> dict[str, Any]:
+    nodes = sorted({r.node_id for r in reps if r.node_id})
+    return {"node": nodes[0] if len(nodes) == 1 else nodes,
+            "actors": [{"actor": r.actor_name, "partition": r.partition, "role": r.role, "pid": r.pid} for r in reps]}
+
+
+def _act(report: FaultReport | None, action: str, **detail: Any) -> None:
+    if report is not None:
+        report.act(time.time(), action, **detail)
 
 
 def _totals(replicas: list[dict[str, Any]], replicated: set[str]) -> dict[str, Any]:

@@ -93,6 +93,16 @@ def slow_deposit(tx, account_id: int, amount: int, seconds: float) -> int:
 
 
 @procedure(partition_by="account_id")
+def burn(tx, account_id: int, seconds: float) -> int:
+    """Keep the partition's CPU busy (holding the GIL) for ``seconds``: a long transaction."""
+    deadline = time.perf_counter() + seconds
+    n = 0
+    while time.perf_counter() < deadline:
+        n += 1
+    return n
+
+
+@procedure(partition_by="account_id")
 def credit(tx, account_id: int, seq: int, amount: int) -> int:
     """Two writes in one transaction: an entry and the balance it changes."""
     tx.insert("entries", {"account": account_id, "seq": seq, "amount": amount, "small": 1})
@@ -126,7 +136,8 @@ def schema() -> Schema:
     return Schema(
         tables=[accounts, branches, entries],
         procedures=[open_account, deposit, withdraw_then_fail, raw_insert, raw_update, close_account,
-                    add_entry, branch_city, rename_branch, touch_other_partition, slow_deposit, credit, dump, total_balance],
+                    add_entry, branch_city, rename_branch, touch_other_partition, slow_deposit, burn, credit, dump,
+                    total_balance],
     )
 
 

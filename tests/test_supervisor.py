@@ -1,0 +1,227 @@
+"""The supervisor through Ray: SIGKILL and SIGSTOP of every actor kind, reports, restarts, no flapping.
+
+Every fault test runs a writer (credits whose acknowledgements it remembers) while the fault
+happens, then checks: the right kind of fault was reported with its actions and durations,
+the service came back (writes acknowledged, k+1 replicas serving), every acknowledged credit
+is present once on every replica, and no transaction was left with an unknown outcome.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from actors import runtime
+from actors.supervisor import CRASH_PHASES
+from tests.harness import Writer, check_state, ledger, redundant, wait_until
+
+
+def _replica(db, role: str, partition: int) -> dict:
+    return next(r for r in db.status()["replicas"]
+                if r["partition"] == partition and r["role"] == role and r["state"] == "serving")
+
+
+def _recovered(db, count: int) -> list[dict]:
+    """Wait until ``count`` reports exist and all are closed; return them."""
+    def done() -> bool:
+        found = db.faults()
+        return len(found) >= count and all(f["state"] == "recovered" for f in found)
+    wait_until(done, timeout_s=120, what=f"{count} recovered fault report(s)")
+    return db.faults()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def _complete(report: dict) -> None:
+    """Every field a report promises is filled in, and the durations are ordered."""
+    d = report["durations"]
+    assert report["id"] and report["detected_at"] >= report["fault_at"]
+    assert report["where"]["node"] and report["where"]["actors"]
+    assert 0 <= d["detection_s"] <= d["availability_s"] <= d["redundancy_s"] < 120
+    assert report["recovered_at"] >= report["available_at"] >= report["detected_at"]
+    assert report["actions"][0]["action"] == "detected"
+    times = [a["at"] for a in report["actions"]]
+    assert times == sorted(times)
+
+
+@pytest.mark.parametrize("role", ["leader", "follower"])
+@pytest.mark.parametrize("sig, kind", [(signal.SIGKILL, "crash"), (signal.SIGSTOP, "hang")])
+def test_a_killed_or_paused_replica_is_found_replaced_and_reported(ray_address, tmp_path, role, sig, kind):
+    with ledger(f"test-sup-{role}-{kind}", tmp_path, partitions=2, k=1, accounts=10) as db:
+        with Writer(db, 10) as writer:
+            writer.wait_for_acks(200)
+            victim = _replica(db, role, 1)
+            os.kill(victim["pid"], sig)
+            writer.wait_for_acks(200)
+            wait_until(lambda: redundant(db, 2), what="k+1 replicas again")
+            [report] = _recovered(db, 1)
+            writer.wait_for_acks(100)
+        assert writer.unknown == []
+        check_state(db, writer)
+        assert report["kind"] == kind
+        assert report["where"]["actors"] == [{"actor": victim["actor_name"], "partition": 1, "role": role,
+                                              "pid": victim["pid"]}]
+        _complete(report)
+        actions = [a["action"] for a in report["actions"]]
+        expected = ["kill", "fence", "promote"] if role == "leader" else ["kill", "drop-follower"]
+        assert [a for a in actions if a in expected] == expected
+        assert "respawn" in actions and "rebuilt" in actions
+        assert report["impact"]["partitions"] == [1]
+        assert report["impact"]["partitions_unavailable"] == ([1] if role == "leader" else [])
+        if sig == signal.SIGSTOP:
+            assert report["signal"] == "heartbeat-silence"
+            assert report["impact"]["process"] == {victim["actor_name"]: "stopped"}
+            wait_until(lambda: _gone(victim["pid"]), timeout_s=10, what="the paused process killed")
+
+
+@pytest.mark.parametrize("sig, cause", [(signal.SIGKILL, "crash"), (signal.SIGSTOP, "hang")])
+def test_the_supervisor_killed_or_paused_comes_back_with_its_map_and_reports(ray_address, tmp_path, sig, cause):
+    with ledger(f"test-sup-self-{cause}", tmp_path, partitions=2, k=1, accounts=10) as db:
+        with Writer(db, 10) as writer:
+            writer.wait_for_acks(100)
+            os.kill(_replica(db, "follower", 0)["pid"], signal.SIGKILL)   # a fault before: its report must survive
+            before = _recovered(db, 1)
+            old = db.status()["supervisor"]
+            os.kill(old["pid"], sig)
+            writer.wait_for_acks(300)   # the data plane does not need the supervisor
+            wait_until(lambda: db.status()["supervisor"]["pid"] != old["pid"], timeout_s=60, what="a new supervisor")
+            status = db.status()
+            assert status["supervisor"]["restarted"] and status["map_version"] >= 1
+            reports = _recovered(db, 2)
+            victim = _replica(db, "leader", 1)                             # the new supervisor watches too
+            os.kill(victim["pid"], signal.SIGKILL)
+            writer.wait_for_acks(200)
+            reports = _recovered(db, 3)
+        assert writer.unknown == []
+        check_state(db, writer)
+        assert reports[0]["id"] == before[0]["id"]
+        restart = reports[1]
+        assert restart["kind"] == "supervisor-restart" and restart["impact"]["cause"] == cause
+        assert restart["where"]["actors"][0]["pid"] == old["pid"]
+        assert [a["action"] for a in restart["actions"]][:3] == ["detected", "restarted", "rechecked"]
+        if sig == signal.SIGSTOP:
+            assert restart["signal"] == "watchdog-heartbeat-silence"
+            wait_until(lambda: _gone(old["pid"]), timeout_s=10, what="the paused supervisor killed")
+        assert reports[2]["kind"] == "crash" and reports[2]["where"]["actors"][0]["actor"] == victim["actor_name"]
+
+
+@pytest.mark.parametrize("phase", CRASH_PHASES)
+def test_the_supervisor_dying_in_the_middle_of_a_recovery_leaves_one_leader(ray_address, tmp_path, phase):
+    with ledger(f"test-sup-mid-{phase}", tmp_path, partitions=1, k=2, accounts=10) as db:
+        with Writer(db, 10) as writer:
+            writer.wait_for_acks(200)
+            runtime.call(runtime.find(f"test-sup-mid-{phase}:supervisor"), "inject_crash", phase)
+            old = db.status()["supervisor"]["pid"]
+            os.kill(_replica(db, "leader", 0)["pid"], signal.SIGKILL)
+            writer.wait_for_acks(300)
+            wait_until(lambda: db.status()["supervisor"]["pid"] != old, timeout_s=60, what="a restarted supervisor")
+            wait_until(lambda: redundant(db, 3), timeout_s=120, what="three replicas again")
+            writer.wait_for_acks(200)
+        assert writer.unknown == []
+        check_state(db, writer)
+        replicas = [r for r in db.status()["replicas"] if r["state"] == "serving"]
+        leaders = [r for r in replicas if r["role"] == "leader"]
+        assert len(leaders) == 1
+        assert all(r["epoch"] == leaders[0]["epoch"] and r["leader"] == leaders[0]["actor_name"] for r in replicas)
+        kinds = [f["kind"] for f in db.faults()]
+        assert "crash" in kinds and "supervisor-restart" in kinds
+
+
+def test_two_faults_close_together(ray_address, tmp_path):
+    with ledger("test-sup-two", tmp_path, partitions=2, k=1, accounts=10) as db:
+        with Writer(db, 10) as writer:
+            writer.wait_for_acks(200)
+            a, b = _replica(db, "leader", 0), _replica(db, "follower", 1)
+            os.kill(a["pid"], signal.SIGKILL)
+            os.kill(b["pid"], signal.SIGSTOP)
+            writer.wait_for_acks(300)
+            wait_until(lambda: redundant(db, 2), what="k+1 replicas again")
+            reports = _recovered(db, 2)
+        assert writer.unknown == []
+        check_state(db, writer)
+        by_actor = {r["where"]["actors"][0]["actor"]: r for r in reports}
+        assert by_actor[a["actor_name"]]["kind"] == "crash" and by_actor[b["actor_name"]]["kind"] == "hang"
+        for report in reports:
+            _complete(report)
+
+
+def test_a_fault_during_a_rebuild(ray_address, tmp_path):
+    """k=2: a follower dies; while its replacement is rebuilt from the leader, the leader hangs."""
+    with ledger("test-sup-rebuild", tmp_path, partitions=1, k=2, accounts=10) as db:
+        db.load("accounts", [{"id": 1000 + i, "owner": "bulk", "balance": 0} for i in range(60_000)])
+        with Writer(db, 10) as writer:
+            writer.wait_for_acks(100)
+            os.kill(_replica(db, "follower", 0)["pid"], signal.SIGKILL)
+            wait_until(lambda: any(r["state"] == "starting" for r in db.status()["replicas"]), timeout_s=30,
+                       what="a replacement being rebuilt")
+            os.kill(_replica(db, "leader", 0)["pid"], signal.SIGSTOP)   # the rebuild's source hangs
+            writer.wait_for_acks(300)
+            wait_until(lambda: redundant(db, 3), timeout_s=180, what="three replicas again")
+            reports = _recovered(db, 2)
+            writer.wait_for_acks(100)
+        assert writer.unknown == []
+        check_state(db, writer)
+        assert [r["kind"] for r in reports] == ["crash", "hang"]
+        for report in reports:
+            _complete(report)
+
+
+def test_a_log_write_failure_fails_the_leader_over(ray_address, tmp_path):
+    with ledger("test-sup-disk", tmp_path, partitions=1, k=1, accounts=10) as db:
+        with Writer(db, 10) as writer:
+            writer.wait_for_acks(100)
+            leader = _replica(db, "leader", 0)
+            assert runtime.call(runtime.find(leader["actor_name"]), "inject_fault", "fsync")
+            writer.wait_for_acks(300)
+            wait_until(lambda: redundant(db, 2), what="k+1 replicas again")
+            [report] = _recovered(db, 1)
+        assert writer.unknown == []  # the failed batch was re-sent with its request id to the new leader
+        check_state(db, writer)
+        assert report["kind"] == "log-write-failure"
+        assert report["where"]["actors"][0]["actor"] == leader["actor_name"]
+        _complete(report)
+
+
+def test_a_busy_replica_is_not_declared_dead(ray_address, tmp_path):
+    """Long CPU-bound transactions and large batches on every partition: no fault, no failover."""
+    with ledger("test-sup-busy", tmp_path, partitions=2, k=1, accounts=10) as db:
+        epochs = {r["actor_name"]: r["epoch"] for r in db.status()["replicas"]}
+        stop = threading.Event()
+        done = {"credits": 0, "burns": 0}
+        errors: list[BaseException] = []
+
+        def hammer(offset: int) -> None:
+            seq = 0
+            try:
+                while not stop.is_set():
+                    seq += 1
+                    out = db.call_many("credit", [(i % 10, offset + seq * 5000 + i, 1) for i in range(4000)])
+                    done["credits"] += sum(1 for o in out if isinstance(o, int))
+                    out = db.call_many("burn", [(i, 0.2) for i in range(10)])  # 1 s of CPU per partition
+                    done["burns"] += sum(1 for o in out if isinstance(o, int))
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=hammer, args=(k * 10**9,), daemon=True) for k in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(12)
+        stop.set()
+        for t in threads:
+            t.join(timeout=120)
+        assert errors == []
+        assert done["credits"] >= 3 * 4000 and done["burns"] >= 30  # the load did run
+        status = db.status()
+        assert db.faults() == []
+        assert {r["actor_name"]: r["epoch"] for r in status["replicas"]} == epochs
+        assert all(r["heartbeat"] is not None and not r["heartbeat"]["suspected"] for r in status["replicas"])
