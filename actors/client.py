@@ -548,5 +548,6 @@ def _destroy(supervisor: Any, name: str) -> None:
     except OhmError:
         pass
     runtime.kill(supervisor)
-    runtime.kill(runtime.find(watchdog_name(name)))  # normally gone already (the supervisor's shutdown)
+    for other in [watchdog_name(name), *runtime.list_names(f"{name}:probe:")]:  # normally gone already
+        runtime.kill(runtime.find(other))
     runtime.wait_gone(supervisor_name(name), CONNECT_TIMEOUT_S)

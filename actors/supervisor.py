@@ -53,7 +53,7 @@ from actors.errors import ActorDied, OhmError
 from actors.partition_actor import PartitionReplica
 from actors.schema import Schema
 from actors.watch import FaultEvent, Target, WatchSettings, Watcher
-from actors.watchdog import WATCHDOG_NOTE_KEY, Watchdog, watchdog_name
+from actors.watchdog import WATCHDOG_NOTE_KEY, NodeProbe, Watchdog, probe_name, watchdog_name
 from recovery.cluster_map import DEAD, FOLLOWER, LEADER, SERVING, STARTING, ClusterMap, ReplicaInfo, replica_name
 from recovery.faults import (
     CORRUPT_LOG, CRASH, HANG, LOG_WRITE_FAILURE, NODE_LOSS, SUPERVISOR_RESTART, UNRECOVERED, FaultBook, FaultReport,
@@ -72,6 +72,11 @@ REPLACE_RETRY_S = 0.5
 FAULT_QUEUE_MAX = 1024
 #: A node where a replica was found silent is not used for replacements for this long.
 SUSPECT_NODE_S = 30.0
+#: The reachable nodes must hold still this long before they become the membership (losses found
+#: a few heartbeats apart count as one event for the minority rule).
+MEMBERSHIP_SETTLE_S = 5.0
+#: A node whose probe was lost gets a new probe (if Ray still lists it) only after this long.
+PROBE_RESPAWN_S = 10.0
 #: Where ``inject_crash`` can stop a recovery.
 CRASH_PHASES = ("fenced", "promoted", "respawned")
 #: A watchdog note older than this does not explain a restart.
@@ -94,7 +99,10 @@ class Supervisor:
         self.book = FaultBook(self.store, run=uuid.uuid4().hex[:8])
         self.membership: Membership | None = None
         self.halted: str | None = None
-        self._suspect_nodes: dict[str, float] = {}
+        self._suspect_nodes: dict[str, float] = {}   # a replica went silent there: not for placements a while
+        self._unreachable: dict[str, float] = {}     # its probe was lost: not counted by the minority rule
+        self.probes: dict[str, tuple[str, Any, dict[str, Any]]] = {}  # node -> (name, handle, identity)
+        self._probes_starting: set[str] = set()
         self._faults: queue.Queue[FaultEvent] = queue.Queue(maxsize=FAULT_QUEUE_MAX)
         self.watchdog: Any = None
         self.watcher: Watcher | None = None
@@ -194,7 +202,7 @@ class Supervisor:
     # -- watching --------------------------------------------------------------------------------
 
     def _start_watching(self, nodes: set[str]) -> None:
-        self.membership = Membership(nodes)
+        self.membership = Membership(nodes, settle_s=MEMBERSHIP_SETTLE_S)
         self._spawn_watchdog()
         self.watcher = Watcher(WatchSettings.from_config(self.config), self._targets, self._enqueue,
                                self._on_nodes, name="ohmdb-supervisor-watch")
@@ -216,6 +224,8 @@ class Supervisor:
             return {}
         out = {r.actor_name: Target(r.actor_name, self.handles[r.actor_name], r.role, r.partition, r.node_id, r.pid)
                for r in list(m.replicas) if r.state == SERVING and r.actor_name in self.handles}
+        for node, (name, handle, ident) in list(self.probes.items()):
+            out[name] = Target(name, handle, "probe", None, node, ident["pid"])
         if self.watchdog is not None:
             ident = self._watchdog_identity
             name = watchdog_name(self.config.name)
@@ -260,6 +270,11 @@ class Supervisor:
             self._suspect_nodes[event.node_id] = event.detected_at
         if watchdog_name(self.config.name) in event.names:
             return self._replace_watchdog(event)
+        probes = [n for n in event.names if n.startswith(f"{self.config.name}:probe:")]
+        if probes:
+            self._probes_lost(event, probes)
+            if len(probes) == len(event.names):
+                return None
         with self._lock:
             m = self._map()
             reps = [r for r in m.replicas if r.actor_name in event.names and r.state != DEAD]
@@ -534,6 +549,53 @@ class Supervisor:
         self.book.save(report)
         return report
 
+    # -- node probes --------------------------------------------------------------------------------
+
+    def _ensure_probes(self, alive: set[str]) -> None:
+        now = time.time()
+        for node in alive:
+            recently_lost = now - self._unreachable.get(node, -PROBE_RESPAWN_S) < PROBE_RESPAWN_S
+            if node not in self.probes and node not in self._probes_starting and not recently_lost:
+                self._probes_starting.add(node)
+                threading.Thread(target=self._start_probe, args=(node,), daemon=True,
+                                 name=f"probe-{node[:8]}").start()
+
+    def _start_probe(self, node: str) -> None:
+        """Spawn a probe on ``node``; it is watched once it has answered (a slow start is not a fault)."""
+        name = probe_name(self.config.name, node)
+        try:
+            old = runtime.find(name)
+            if old is not None:
+                runtime.kill(old)
+                runtime.wait_gone(name, self.config.control_timeout_s)
+            handle = runtime.spawn(NodeProbe, name, node_id=node)
+            ident = runtime.call(handle, "ping", control=True, timeout_s=self.config.spawn_timeout_s)
+            self.probes[node] = (name, handle, ident)
+            self._unreachable.pop(node, None)
+        except Exception as exc:  # the node is gone or full: it stays unprobed (and unreachable if it was lost)
+            log.warning("probe on node %s did not start: %s", node[:12], exc)
+        finally:
+            self._probes_starting.discard(node)
+
+    def _probes_lost(self, event: FaultEvent, names: list[str]) -> None:
+        """A probe went silent or died: its node counts as unreachable until a new probe answers there."""
+        now = time.time()
+        for node, (name, handle, ident) in list(self.probes.items()):
+            if name not in names:
+                continue
+            del self.probes[node]
+            self._unreachable[node] = now
+            self._suspect_nodes[node] = now
+            runtime.kill(handle)
+            others = [n for n in event.names if n not in names]
+            if not others:  # a node holding no replica (the others report their node loss themselves)
+                where = {"node": node, "actors": [{"actor": name, "role": "probe", "partition": None,
+                                                   "pid": ident.get("pid")}]}
+                report = self.book.new(NODE_LOSS, event.signal, event.detected_at, event.fault_at, where,
+                                       partitions=[])
+                report.mark_recovered(now)
+                self.book.save(report)
+
     # -- restart -------------------------------------------------------------------------------------
 
     def _resume(self) -> None:
@@ -631,8 +693,8 @@ class Supervisor:
     def _on_nodes(self, alive: set[str]) -> None:
         """Called by the watcher with Ray's live nodes: reclassify hangs on lost nodes, apply the minority rule."""
         now = time.time()
-        reachable = {n for n in alive if now - self._suspect_nodes.get(n, -SUSPECT_NODE_S) >= SUSPECT_NODE_S
-                     or self._node_answers(n)}
+        self._ensure_probes(alive)
+        reachable = {n for n in alive if n not in self._unreachable}
         with self._lock:
             for report in list(self.book.recent()):
                 node = report.where.get("node")
@@ -641,16 +703,9 @@ class Supervisor:
                     report.act(now, "reclassified", reason="Ray reports the node dead")
                     self.book.save(report)
             membership = self.membership
-            changed = membership.observe(reachable) if membership is not None else None
+            changed = membership.observe(reachable, now) if membership is not None else None
         if changed is not None:
             self._set_halted(None if changed.viable else changed.reason)
-
-    def _node_answers(self, node: str) -> bool:
-        watcher = self.watcher
-        if watcher is None:
-            return False
-        return any(t.node_id == node and name in watcher.last_reply and not watcher.health(time.time())
-                   .get(name, {}).get("suspected") for name, t in self._targets().items())
 
     def _set_halted(self, reason: str | None) -> None:
         log.error("phase=%s reason=%s", "halt" if reason else "resume-writes", reason)
@@ -716,6 +771,8 @@ class Supervisor:
             self.watcher.stop()
         if self.watchdog is not None:
             runtime.kill(self.watchdog)
+        for _, handle, _ in list(self.probes.values()):
+            runtime.kill(handle)
         m = self._map()
         refs = [runtime.submit(self.handles[r.actor_name], "close") for r in m.replicas if r.state != DEAD]
         runtime.get_each(refs, self.config.call_timeout_s, what="close")  # a dead replica has nothing to flush

@@ -10,8 +10,8 @@ to that actor's ``recovery.detector.HeartbeatDetector``.  It reports:
 
 * ``crash``   -- a ping failed because Ray says the actor died;
 * ``hang``    -- the detector suspects the actor (no answer for too long);
-* ``node-loss`` -- every watched actor on one node is suspected at once (two or
-  more), or Ray lists the actor's node as dead;
+* ``node-loss`` -- every watched actor on one node (two or more) went quiet
+  together when one of them is suspected, or Ray lists the actor's node as dead;
 * ``log-write-failure`` -- the actor answers but says its redo log failed.
 
 An actor is reported once; it stays out of the watch until the supervisor
@@ -37,6 +37,9 @@ log = logging.getLogger("ohmdb.watch")
 
 #: How often the watcher asks Ray which nodes are alive.
 NODE_CHECK_INTERVAL_S = 0.5
+#: When one actor is suspected and no other actor on its node answered later than this many
+#: intervals after the suspect's last answer, the node is lost (not one hung process).
+NODE_QUIET_INTERVALS = 1.5
 
 
 @dataclass
@@ -193,10 +196,15 @@ class Watcher:
         by_node: dict[str | None, list[Target]] = {}
         for t in silent:
             by_node.setdefault(t.node_id, []).append(t)
+        margin_s = NODE_QUIET_INTERVALS * self.settings.interval_s
         for node, group in by_node.items():
             on_node = [t for t in targets.values() if t.node_id == node and t.name not in self._reported]
-            whole_node = node is not None and len(group) >= 2 and len(group) == len(on_node)
-            self._emit(NODE_LOSS if whole_node else HANG, "heartbeat-silence", group, now)
+            # A node dies at one moment: its other actors have not answered since shortly after the
+            # suspect's last answer either.  A single hung process leaves its neighbours answering.
+            since = max(self.detectors[t.name].last_s or 0.0 for t in group) + margin_s
+            quiet = [t for t in on_node if (self.detectors[t.name].last_s or 0.0) <= since]
+            whole_node = node is not None and len(on_node) >= 2 and len(quiet) == len(on_node)
+            self._emit(NODE_LOSS if whole_node else HANG, "heartbeat-silence", on_node if whole_node else group, now)
 
     def _check_nodes(self, targets: dict[str, Target], now: float) -> None:
         alive = {n["node_id"] for n in runtime.alive_nodes()}

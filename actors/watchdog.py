@@ -99,3 +99,21 @@ class Watchdog:
     def last_heard(self) -> float | None:
         """When the supervisor last answered (for a restarted supervisor's report)."""
         return self.watcher.last_heard(self.name)
+
+
+def probe_name(cluster: str, node_id: str) -> str:
+    return f"{cluster}:probe:{node_id[:16]}"
+
+
+class NodeProbe:
+    """A tiny actor on each node, watched by the supervisor: a node is reachable while its probe answers.
+
+    Nodes that hold no replica are watched too, so the minority rule counts every node by our own
+    heartbeats instead of waiting for Ray's node health check.
+    """
+
+    def __init__(self) -> None:
+        self.identity = runtime.own_identity()
+
+    def ping(self) -> dict[str, Any]:
+        return dict(self.identity)

@@ -49,18 +49,30 @@ def verdict(previous: set[str] | frozenset[str], reachable: set[str] | frozenset
 
 
 class Membership:
-    """The nodes last seen as members, moved forward only while the cluster is viable."""
+    """The nodes last seen as members, moved forward only while the cluster is viable.
 
-    def __init__(self, nodes: set[str]) -> None:
+    Losses are not all seen at the same instant (two nodes cut off together are found a
+    heartbeat or two apart), so the membership moves forward only once the reachable set has
+    held still for ``settle_s``; until then verdicts compare against the membership before
+    the change, and two losses close together count as one.
+    """
+
+    def __init__(self, nodes: set[str], settle_s: float = 0.0) -> None:
         self.members: frozenset[str] = frozenset(nodes)
+        self.settle_s = settle_s
         self.viable = True
         self.reason = f"{len(nodes)} nodes"
+        self._seen: frozenset[str] = self.members
+        self._seen_since = 0.0
 
-    def observe(self, reachable: set[str]) -> Verdict | None:
+    def observe(self, reachable: set[str], now: float = 0.0) -> Verdict | None:
         """Feed the reachable nodes; returns the verdict when viability changed, else None."""
+        reachable = frozenset(reachable)
+        if reachable != self._seen:
+            self._seen, self._seen_since = reachable, now
         v = verdict(self.members, reachable)
         changed = v.viable != self.viable
         self.viable, self.reason = v.viable, v.reason
-        if v.viable:
-            self.members = frozenset(reachable)
+        if v.viable and now - self._seen_since >= self.settle_s:
+            self.members = reachable
         return v if changed else None

@@ -50,10 +50,49 @@ def main() -> None:
         outcome["leaders"] = after["leaders"]
         outcome["total"] = db.call("total_balance")
         outcome["acked"] = acked
+        wait_s = time.monotonic()
+        while time.monotonic() - wait_s < 60:  # a silent node is a hang at first, a node loss once Ray agrees
+            kinds = [f["kind"] for f in db.faults() if f["where"]["node"] == victim.node_id]
+            if kinds and all(k == "node-loss" for k in kinds):
+                break
+            time.sleep(0.5)
+        outcome["node_loss_confirmed_s"] = round(time.monotonic() - started, 3)
+        outcome["faults"] = [{"kind": f["kind"], "node": f["where"]["node"], "state": f["state"],
+                              "actors": [a["actor"] for a in f["where"]["actors"]], "durations": f["durations"]}
+                             for f in db.faults()]
+        outcome["victim_node"] = victim.node_id
+        outcome["minority"] = _minority(nodes, db, [w for w in workers if w is not victim])
     print(json.dumps(outcome))
     db.shutdown()
     runtime.disconnect()
     nodes.shutdown()
+
+
+def _minority(nodes: RayCluster, db: Cluster, left: list) -> dict:
+    """Grow to three nodes again, then lose two at once: this side is a minority and stops writing."""
+    added = nodes.add_node(num_cpus=1)
+    nodes.wait_for_nodes()
+    deadline = time.monotonic() + 30
+    while added.node_id not in {n["node_id"] for n in runtime.alive_nodes()} and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(8)  # the membership takes in a new node once it held still 5 s: it now counts three
+    for node in [*left, added]:
+        nodes.remove_node(node, allow_graceful=False)
+    started = time.monotonic()
+    codes: list[str] = []
+    attempt = 0
+    while time.monotonic() - started < 60:
+        attempt += 1
+        out = db.call_many("credit", [(i, 10**6 + attempt * 10 + i, 1) for i in range(10)], timeout_s=10)
+        codes = [getattr(o, "code", "ok") for o in out]
+        if "CLUSTER_MINORITY" in codes:
+            break
+        time.sleep(0.2)
+    status = db.status()
+    return {"codes": sorted(set(codes)), "halted": status["halted"], "after_s": round(time.monotonic() - started, 3),
+            "replicas": [(r["actor_name"], r["role"], r["state"], r["node_id"][:6]) for r in status["replicas"]],
+            "faults": [(f["kind"], f["signal"], f["state"], [a["actor"] for a in f["where"]["actors"]])
+                       for f in db.faults()], "added": added.node_id[:6], "left": [w.node_id[:6] for w in left]}
 
 
 if __name__ == "__main__":

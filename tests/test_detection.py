@@ -117,6 +117,18 @@ def test_a_majority_goes_on_a_minority_stops_and_half_needs_the_lowest_id():
     assert not verdict(four, {"b", "c", "x", "y"}).viable  # newcomers do not count
 
 
+def test_two_losses_found_apart_within_the_settle_time_count_as_one():
+    m = Membership({"a", "b", "c"}, settle_s=5.0)
+    m.observe({"a", "b", "c"}, now=0.0)
+    assert m.observe({"a", "b"}, now=10.0) is None          # c lost: 2 of 3
+    stop = m.observe({"a"}, now=11.0)                        # b lost one second later: 1 of 3, not 1 of 2
+    assert stop is not None and not stop.viable and "only 1 of 3" in stop.reason
+    m2 = Membership({"a", "b", "c"}, settle_s=5.0)
+    m2.observe({"a", "b"}, now=10.0)
+    m2.observe({"a", "b"}, now=16.0)                         # held still: the membership is now {a, b}
+    assert m2.members == {"a", "b"}
+
+
 def test_membership_moves_forward_only_while_viable():
     m = Membership({"a", "b", "c"})
     assert m.observe({"a", "b"}) is None and m.members == {"a", "b"}  # 2 of 3: still viable, no change
