@@ -22,7 +22,9 @@ from rich.table import Table as RichTable
 from actors.errors import OhmError
 
 console = Console(stderr=True)
-out = Console()
+#: Width of tables written to a pipe or file (a terminal uses its own width).
+PIPE_COLUMNS = 220
+out = Console(width=None if sys.stdout.isatty() else PIPE_COLUMNS)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +65,19 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--seed", type=int, default=1, help="seed (default 1)")
     rp.add_argument("--json", metavar="PATH", help="write the report as JSON here")
     rp.add_argument("--address", help="Ray cluster address; default: start one")
+
+    fb = wl.add_parser("faults", help="detection, availability and redundancy times over many injected faults",
+                       description="Inject faults one at a time into a k=1 voter cluster under load (SIGKILL of a "
+                                   "leader, SIGSTOP of a leader, SIGKILL of a follower) and print the distributions of "
+                                   "detection, availability and full-redundancy times; then time full redundancy of "
+                                   "a partition holding --big-rows rows.")
+    fb.add_argument("--partitions", type=int, default=2, help="partitions (default 2)")
+    fb.add_argument("--faults", type=int, default=20, help="faults of each kind (default 20)")
+    fb.add_argument("--big-rows", type=int, default=1_000_000, help="rows in the rebuilt partition (default 1000000; 0 skips)")
+    fb.add_argument("--durability", choices=["sync", "async", "off"], default="sync", help="default sync")
+    fb.add_argument("--seed", type=int, default=1, help="seed (default 1)")
+    fb.add_argument("--json", metavar="PATH", help="write the report as JSON here")
+    fb.add_argument("--address", help="Ray cluster address; default: start one")
 
     st = sub.add_parser("status", help="show a running cluster's map", description="Show a running cluster's map.")
     st.add_argument("--name", default="ohmdb", help="cluster name (default ohmdb)")
@@ -133,6 +148,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     if args.workload == "replication":
         return _bench_replication(args)
+    if args.workload == "faults":
+        return _bench_faults(args)
 
     transactions = args.transactions
     if args.duration is None and transactions is None:
@@ -161,6 +178,44 @@ def _bench(args: argparse.Namespace) -> int:
         write_report(report, args.json)
         console.print(f"report written to {args.json}")
     return 0 if report["ok"] else 1
+
+
+def _bench_faults(args: argparse.Namespace) -> int:
+    from workloads import fault_bench
+    from workloads.bench import write_report
+
+    if args.faults < 1 or args.partitions < 1 or args.big_rows < 0:
+        raise ValueError("--faults and --partitions must be at least 1, --big-rows at least 0")
+    with console.status("starting") as spinner:
+        done = [0]
+
+        def on_fault(sample: dict[str, Any]) -> None:
+            done[0] += 1
+            spinner.update(f"fault {done[0]}: {sample}")
+
+        report = fault_bench.run(args.partitions, args.faults, args.big_rows, args.seed, args.durability, args.address,
+                                 on_phase=lambda msg: spinner.update(msg), on_fault=on_fault)
+    t = RichTable(title=f"ohmdb bench faults ({args.faults} of each kind, k=1, {args.durability})")
+    for col in ("fault", "reported as", "detected (ms)", "writes acked again (ms)", "k+1 replicas again (ms)"):
+        t.add_column(col)
+    for kind, r in report["faults"].items():
+        t.add_row(kind, ", ".join(r["reported_as"]), *(_dist(r[f"{m}_s"]) for m in ("detected", "available", "redundant")))
+    out.print(t)
+    out.print("cells: median \\[min-p90-max] over n faults")
+    big = report.get("big_rebuild")
+    if big:
+        out.print(f"full redundancy of a {big['rows']:,}-row partition after a follower kill: {big['redundant_s']} s "
+                  f"(copy and catch-up {big['copy_and_catch_up_s']:.2f} s)")
+    if args.json:
+        write_report(report, args.json)
+    return 0
+
+
+def _dist(d: dict[str, Any]) -> str:
+    if not d.get("n"):
+        return "-"
+    ms = {k: d[k] * 1000 for k in ("min", "median", "p90", "max")}
+    return f"{ms['median']:.0f} [{ms['min']:.0f}-{ms['p90']:.0f}-{ms['max']:.0f}] n={d['n']}"
 
 
 def _bench_replication(args: argparse.Namespace) -> int:
@@ -240,7 +295,7 @@ def _status(args: argparse.Namespace) -> int:
         rows = ", ".join(f"{k}={v}" for k, v in r.get("rows", {}).items())
         lsn = f"{r['written_lsn']}/{r['durable_lsn']}" if "written_lsn" in r else ""
         hb = r.get("heartbeat")
-        beat = "" if not hb else f"{hb['silence_s'] * 1000:.0f} ms ago, phi {hb['phi']:.1f}"
+        beat = "" if not hb else f"{hb['silence_s'] * 1000:.0f}ms phi={hb['phi']:.1f}"
         t.add_row(str(r["partition"]), str(r["replica"]), r["role"], r["state"], str(r["epoch"]), r["health"], beat,
                   lsn, r["actor_name"], (r["node_id"] or "?")[:12], str(r["pid"]), rows, str(r.get("committed", "")),
                   str(r.get("aborted", "")), str(r.get("failed", "")))

@@ -77,6 +77,8 @@ SUSPECT_NODE_S = 30.0
 MEMBERSHIP_SETTLE_S = 5.0
 #: A node whose probe was lost gets a new probe (if Ray still lists it) only after this long.
 PROBE_RESPAWN_S = 10.0
+#: How long the supervisor asks a node's probe about a process before it counts as unknown.
+PROCESS_STATE_TIMEOUT_S = 0.2
 #: Where ``inject_crash`` can stop a recovery.
 CRASH_PHASES = ("fenced", "promoted", "respawned")
 #: A watchdog note older than this does not explain a restart.
@@ -96,18 +98,21 @@ class Supervisor:
         self.started_at = time.time()
         self.identity = runtime.own_identity()
         self.store = _open_store(self.config)
-        self.book = FaultBook(self.store, run=uuid.uuid4().hex[:8])
+        self.restarted = runtime.was_restarted()
+        if isinstance(self.store, KVStore) and not self.restarted:
+            self.store.clear()  # a new memory-only cluster: nothing of an earlier one of that name
+        self.book = FaultBook(self.store, run=uuid.uuid4().hex[:8], resume=self.restarted)
         self.membership: Membership | None = None
         self.halted: str | None = None
         self._suspect_nodes: dict[str, float] = {}   # a replica went silent there: not for placements a while
         self._unreachable: dict[str, float] = {}     # its probe was lost: not counted by the minority rule
         self.probes: dict[str, tuple[str, Any, dict[str, Any]]] = {}  # node -> (name, handle, identity)
         self._probes_starting: set[str] = set()
+        self._kept: set[str] = set()  # failing last replicas left in place (reported once)
         self._faults: queue.Queue[FaultEvent] = queue.Queue(maxsize=FAULT_QUEUE_MAX)
         self.watchdog: Any = None
         self.watcher: Watcher | None = None
         self._crash_at: str | None = None      # test hook: die at this recovery phase
-        self.restarted = runtime.was_restarted()
         if self.restarted:
             self._resume()
 
@@ -205,7 +210,7 @@ class Supervisor:
         self.membership = Membership(nodes, settle_s=MEMBERSHIP_SETTLE_S)
         self._spawn_watchdog()
         self.watcher = Watcher(WatchSettings.from_config(self.config), self._targets, self._enqueue,
-                               self._on_nodes, name="ohmdb-supervisor-watch")
+                               self._on_nodes, name="ohmdb-supervisor-watch", confirm=self._confirm_silence)
         self.watcher.start()
         threading.Thread(target=self._recovery_loop, name="ohmdb-recovery", daemon=True).start()
 
@@ -277,7 +282,8 @@ class Supervisor:
                 return None
         with self._lock:
             m = self._map()
-            reps = [r for r in m.replicas if r.actor_name in event.names and r.state != DEAD]
+            reps = [r for r in m.replicas if r.actor_name in event.names and r.state != DEAD
+                    and r.actor_name not in self._kept]
             if not reps:
                 return None  # already handled (another signal was first)
             partitions = sorted({r.partition for r in reps})
@@ -288,6 +294,11 @@ class Supervisor:
                                    **event.detail)
             for p in partitions:
                 lost = [r for r in reps if r.partition == p]
+                if kind in (HANG, LOG_WRITE_FAILURE) and self._last_ones(p, lost):
+                    self._kept.update(r.actor_name for r in lost)
+                    report.mark_unrecovered(time.time(), f"partition {p}: no other replica to take over; the failing "
+                                                         "one is kept (killing it could only lose data)")
+                    continue
                 if any(r.role == LEADER for r in lost):
                     self._leader_lost(p, lost, report)
                 else:
@@ -300,13 +311,38 @@ class Supervisor:
         self._check_redundant()
         return report
 
+    def _process_state(self, node_id: str | None, pid: int | None) -> str | None:
+        """running / stopped / gone from the actor's node (directly here, else through its probe), or None."""
+        if node_id is None or pid is None:
+            return None
+        if node_id == self.identity["node_id"]:
+            return runtime.process_state(node_id, pid)
+        probe = self.probes.get(node_id)
+        if probe is None:
+            return None
+        try:
+            return runtime.call(probe[1], "process_state", pid, control=True, timeout_s=PROCESS_STATE_TIMEOUT_S)
+        except OhmError:
+            return None
+
+    def _confirm_silence(self, target: Target, silence_s: float) -> bool:
+        """A silent actor whose process is running (busy, not stopped) gets until the timeout ceiling."""
+        if target.role == "probe" or silence_s >= self.config.heartbeat_timeout_max_ms / 1000:
+            return True
+        return self._process_state(target.node_id, target.pid) != "running"
+
     def _localize(self, event: FaultEvent, reps: list[ReplicaInfo]) -> str:
         """Refine a silence with what the process table says (on this node): stopped, running, or gone."""
         if event.kind != HANG:
             return event.kind
-        states = {r.actor_name: runtime.process_state(r.node_id, r.pid) for r in reps}
+        states = {r.actor_name: self._process_state(r.node_id, r.pid) for r in reps}
         event.detail["process"] = states
         return CRASH if all(s == "gone" for s in states.values()) else HANG
+
+    def _last_ones(self, partition: int, lost: list[ReplicaInfo]) -> bool:
+        """Would losing ``lost`` leave the partition without a serving replica?"""
+        names = {r.actor_name for r in lost}
+        return not any(r.state == SERVING and r.actor_name not in names for r in self._map().of_partition(partition))
 
     def _kill(self, rep: ReplicaInfo, report: FaultReport | None) -> None:
         """Kill for good; SIGKILL the process too when its node is alive (a paused process never wakes)."""

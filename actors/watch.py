@@ -14,7 +14,10 @@ to that actor's ``recovery.detector.HeartbeatDetector``.  It reports:
   together when one of them is suspected, or Ray lists the actor's node as dead;
 * ``log-write-failure`` -- the actor answers but says its redo log failed.
 
-An actor is reported once; it stays out of the watch until the supervisor
+Before a silence becomes a ``hang`` the owner may ``confirm`` it (the
+supervisor asks the process table on the actor's node: a process that is
+running, only slow, gets until the timeout ceiling).  An actor is reported
+once; it stays out of the watch until the supervisor
 stops listing it.  If the loop itself was held up (a paused supervisor
 process), every detector forgives the gap instead of blaming the actors.
 Only the decisions of the detector are timing logic; this module moves pings.
@@ -82,11 +85,13 @@ class WatchSettings:
 class Watcher:
     def __init__(self, settings: WatchSettings, targets: Callable[[], dict[str, Target]],
                  on_fault: Callable[[FaultEvent], None], on_nodes: Callable[[set[str]], None] | None = None,
-                 clock: Callable[[], float] = time.time, name: str = "ohmdb-watch") -> None:
+                 clock: Callable[[], float] = time.time, name: str = "ohmdb-watch",
+                 confirm: Callable[[Target, float], bool] | None = None) -> None:
         self.settings = settings
         self._targets = targets
         self._on_fault = on_fault
         self._on_nodes = on_nodes
+        self._confirm = confirm
         self._clock = clock
         self._name = name
         self.detectors: dict[str, HeartbeatDetector] = {}
@@ -192,7 +197,8 @@ class Watcher:
                     self._emit(LOG_WRITE_FAILURE, "heartbeat-log-failed", [targets[name]], now)
 
     def _suspect(self, targets: dict[str, Target], now: float) -> None:
-        silent = [t for n, t in targets.items() if n not in self._reported and self.detectors[n].suspect(now)]
+        silent = [t for n, t in targets.items() if n not in self._reported and self.detectors[n].suspect(now)
+                  and (self._confirm is None or self._confirm(t, self.detectors[n].silence_s(now)))]
         by_node: dict[str | None, list[Target]] = {}
         for t in silent:
             by_node.setdefault(t.node_id, []).append(t)

@@ -69,6 +69,10 @@ class Watchdog:
     def ping(self) -> dict[str, Any]:
         return dict(self.identity)
 
+    def process_state(self, pid: int) -> str | None:
+        """What this node's process table says of ``pid``: running, stopped or gone."""
+        return runtime.process_state(self.identity["node_id"], pid)
+
     def _on_fault(self, event: FaultEvent) -> None:
         """Note what we saw, make sure a hung supervisor dies (Ray restarts it), wait for it, watch again."""
         pid, node = self.supervisor_identity.get("pid"), self.supervisor_identity.get("node_id")
@@ -117,3 +121,7 @@ class NodeProbe:
 
     def ping(self) -> dict[str, Any]:
         return dict(self.identity)
+
+    def process_state(self, pid: int) -> str | None:
+        """What this node's process table says of ``pid``: running, stopped or gone."""
+        return runtime.process_state(self.identity["node_id"], pid)

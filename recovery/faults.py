@@ -113,12 +113,12 @@ class FaultReport:
 class FaultBook:
     """Creates, updates and persists reports; the open ones are kept in memory."""
 
-    def __init__(self, store: ReportStore, run: str) -> None:
+    def __init__(self, store: ReportStore, run: str, resume: bool = True) -> None:
         self.store = store
         self.run = run
         self.open: dict[str, FaultReport] = {}
         self._recent: deque[FaultReport] = deque(maxlen=RECENT_REPORTS_MAX)
-        for data in store.reports():  # after a restart: reports still open are picked up again
+        for data in store.reports() if resume else []:  # after a restart: reports still open are picked up again
             if data.get("state") in (OPEN, AVAILABLE):
                 rep = FaultReport.from_dict(data)
                 self.open[rep.id] = rep

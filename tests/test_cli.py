@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ import pytest
 
 from actors import Cluster
 from tests import bank
+from tests.harness import wait_until
 
 REPORT_KEYS = {"workload", "config", "committed", "aborted", "errors", "duration_s", "throughput_tps",
                "latency_ms", "ceiling_tps", "ratio_to_ceiling"}
@@ -24,7 +26,8 @@ def _ohmdb(args: list[str], env: dict | None = None, timeout: float = 180) -> su
 
 
 @pytest.mark.parametrize("args", [["--help"], ["bench", "--help"], ["bench", "voter", "--help"],
-                                  ["status", "--help"], ["shutdown", "--help"]])
+                                  ["status", "--help"], ["shutdown", "--help"], ["faults", "--help"],
+                                  ["bench", "faults", "--help"]])
 def test_help_everywhere(args):
     proc = _ohmdb(args, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -67,6 +70,24 @@ def test_status_and_shutdown_of_a_running_cluster(subprocess_env, ray_address):
         db.shutdown()
     proc = _ohmdb(["status", "--name", "test-cli-status"], env=subprocess_env)
     assert proc.returncode == 2 and "no ohmdb cluster named 'test-cli-status'" in proc.stderr
+
+
+def test_faults_of_a_running_cluster_and_of_its_data_dir(subprocess_env, ray_address, tmp_path):
+    db = Cluster.create(bank.schema(), partitions=1, name="test-cli-faults", data_dir=str(tmp_path))
+    try:
+        db.call("open_account", 1, "a")
+        follower = next(r for r in db.status()["replicas"] if r["role"] == "follower")
+        os.kill(follower["pid"], signal.SIGKILL)
+        wait_until(lambda: [f["state"] for f in db.faults()] == ["recovered"], what="the fault report")
+        proc = _ohmdb(["faults", "--name", "test-cli-faults", "--json"], env=subprocess_env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        [report] = json.loads(proc.stdout)
+        assert report["kind"] == "crash" and report["where"]["actors"][0]["actor"] == follower["actor_name"]
+    finally:
+        db.shutdown()
+    proc = _ohmdb(["faults", "--data-dir", str(tmp_path), "--actions"], env=subprocess_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "crash" in proc.stdout and follower["actor_name"] in proc.stdout and "respawn" in proc.stdout
 
 
 def test_log_dump_and_recover_on_a_data_dir(ray_address, tmp_path):

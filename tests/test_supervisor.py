@@ -225,3 +225,20 @@ def test_a_busy_replica_is_not_declared_dead(ray_address, tmp_path):
         assert db.faults() == []
         assert {r["actor_name"]: r["epoch"] for r in status["replicas"]} == epochs
         assert all(r["heartbeat"] is not None and not r["heartbeat"]["suspected"] for r in status["replicas"])
+
+
+def test_a_torn_log_found_at_restart_is_reported_and_the_data_kept(ray_address, tmp_path):
+    from recovery.segments import list_segments
+
+    with ledger("test-sup-torn", tmp_path, partitions=1, k=1, accounts=5) as db:
+        acked = db.call_many("credit", [(i, i, 10) for i in range(5)])
+    assert acked == [10] * 5
+    (_, path), *_ = reversed(list_segments(str(tmp_path / "p0" / "r0" / "log")))
+    with open(path, "r+b") as f:  # a crash mid-write on one replica
+        f.truncate(os.path.getsize(path) - 3)
+    with ledger("test-sup-torn", tmp_path, partitions=1, k=1, accounts=0) as db:
+        reports = [r for r in db.faults() if r["kind"] == "corrupt-log"]
+        assert len(reports) == 1 and reports[0]["where"]["actors"][0]["actor"] == "test-sup-torn:p0:r0"
+        assert reports[0]["impact"]["cut"] and reports[0]["state"] == "recovered"
+        assert [a["action"] for a in reports[0]["actions"]] == ["detected", "cut-log"]
+        assert db.call_many("deposit", [(i, 0) for i in range(5)]) == [10] * 5  # the other replica had it all
