@@ -24,17 +24,17 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
 import statistics
-import tempfile
 import time
 from typing import Any, Callable
 
 from actors import runtime
 from actors.client import Cluster
 from workloads import voter
-from workloads.replication_bench import FAILOVER_WAIT_S, _acked_again, _Load, _phone_on, _redundant, _wait
+from workloads.replication_bench import (
+    FAILOVER_WAIT_S, _acked_again, _Load, _phone_on, _redundant, _wait, voter_cluster,
+)
 
 KINDS = ("crash", "hang", "follower-crash")
 #: Votes per batch when filling the big partition.
@@ -130,27 +130,13 @@ def run(partitions: int = 2, faults: int = 20, big_rows: int = 1_000_000, seed: 
     runtime.connect(address)
     report: dict[str, Any] = {"config": {"partitions": partitions, "faults": faults, "big_rows": big_rows,
                                          "durability": durability, "k": 1}}
-    data_dir = tempfile.mkdtemp(prefix="ohmdb-faults-") if durability != "off" else None
-    try:
-        db = Cluster.create(voter.schema(), partitions=partitions, k=1, name=f"faults-{os.getpid()}",
-                            data_dir=data_dir, durability=durability, initial_data=voter.initial_data())
-        try:
-            phase(f"{faults} faults of each kind: {', '.join(KINDS)}")
-            report["faults"] = measure(db, faults, seed, on_fault or (lambda _s: None))
-            report["config"]["settings"] = {k: db.config.to_dict()[k] for k in (
-                "detector", "heartbeat_interval_ms", "heartbeat_timeout_ms", "heartbeat_timeout_max_ms", "phi_threshold")}
-        finally:
-            db.shutdown()
-        if big_rows:
-            big_dir = os.path.join(data_dir, "big") if data_dir else None
-            db = Cluster.create(voter.schema(), partitions=1, k=1, name=f"faults-big-{os.getpid()}",
-                                data_dir=big_dir, durability=durability, initial_data=voter.initial_data())
-            try:
-                phase(f"full redundancy of a partition of {big_rows:,} rows")
-                report["big_rebuild"] = measure_big_rebuild(db, big_rows, seed)
-            finally:
-                db.shutdown()
-    finally:
-        if data_dir:
-            shutil.rmtree(data_dir, ignore_errors=True)
+    with voter_cluster("faults", partitions, durability) as db:
+        phase(f"{faults} faults of each kind: {', '.join(KINDS)}")
+        report["faults"] = measure(db, faults, seed, on_fault or (lambda _s: None))
+        report["config"]["settings"] = {k: db.config.to_dict()[k] for k in (
+            "detector", "heartbeat_interval_ms", "heartbeat_timeout_ms", "heartbeat_timeout_max_ms", "phi_threshold")}
+    if big_rows:
+        with voter_cluster("faults-big", 1, durability) as db:
+            phase(f"full redundancy of a partition of {big_rows:,} rows")
+            report["big_rebuild"] = measure_big_rebuild(db, big_rows, seed)
     return report

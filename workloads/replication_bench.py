@@ -19,6 +19,7 @@ Three measurements, each printed, none asserted:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -27,7 +28,7 @@ import tempfile
 import threading
 import time
 from dataclasses import replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from actors import runtime
 from actors.client import Cluster
@@ -157,18 +158,25 @@ def run(cfg: BenchConfig, kills: int = 5, rebuild_rows: int = 200_000,
     runtime.connect(cfg.address)
     phase("voter at k=0 and k=1")
     report: dict[str, Any] = {"k_cost": compare_k(cfg)}
-    data_dir = tempfile.mkdtemp(prefix="ohmdb-repl-") if cfg.durability != "off" else None
+    with voter_cluster("repl", cfg.partitions, cfg.durability) as db:
+        phase(f"failover: {kills} leader kills")
+        report["failover"] = measure_failover(db, kills, cfg.seed)
+        phase(f"rebuild of a partition with about {rebuild_rows:,} rows")
+        report["rebuild"] = measure_rebuild(db, rebuild_rows, cfg.seed)
+    return report
+
+
+@contextlib.contextmanager
+def voter_cluster(name: str, partitions: int, durability: str) -> Iterator[Cluster]:
+    """A k=1 voter cluster (in a temporary data directory unless durability is off), removed afterwards."""
+    data_dir = tempfile.mkdtemp(prefix=f"ohmdb-{name}-") if durability != "off" else None
     try:
-        db = Cluster.create(voter.schema(), partitions=cfg.partitions, k=1, name=f"repl-{os.getpid()}",
-                            data_dir=data_dir, durability=cfg.durability, initial_data=voter.initial_data())
+        db = Cluster.create(voter.schema(), partitions=partitions, k=1, name=f"{name}-{os.getpid()}",
+                            data_dir=data_dir, durability=durability, initial_data=voter.initial_data())
         try:
-            phase(f"failover: {kills} leader kills")
-            report["failover"] = measure_failover(db, kills, cfg.seed)
-            phase(f"rebuild of a partition with about {rebuild_rows:,} rows")
-            report["rebuild"] = measure_rebuild(db, rebuild_rows, cfg.seed)
+            yield db
         finally:
             db.shutdown()
     finally:
         if data_dir:
             shutil.rmtree(data_dir, ignore_errors=True)
-    return report
