@@ -202,7 +202,7 @@ class Supervisor:
         """A new map version, persisted before anyone is told of it."""
         m = self._map()
         m.version += 1
-        self.store.save_map(m.to_dict())
+        self.store.save_map({**m.to_dict(), "supervisor_pid": self.identity["pid"]})  # for a restart's report
 
     # -- watching --------------------------------------------------------------------------------
 
@@ -295,9 +295,7 @@ class Supervisor:
             for p in partitions:
                 lost = [r for r in reps if r.partition == p]
                 if kind in (HANG, LOG_WRITE_FAILURE) and self._last_ones(p, lost):
-                    self._kept.update(r.actor_name for r in lost)
-                    report.mark_unrecovered(time.time(), f"partition {p}: no other replica to take over; the failing "
-                                                         "one is kept (killing it could only lose data)")
+                    self._keep(lost, report, kind)
                     continue
                 if any(r.role == LEADER for r in lost):
                     self._leader_lost(p, lost, report)
@@ -338,6 +336,23 @@ class Supervisor:
         states = {r.actor_name: self._process_state(r.node_id, r.pid) for r in reps}
         event.detail["process"] = states
         return CRASH if all(s == "gone" for s in states.values()) else HANG
+
+    def _keep(self, lost: list[ReplicaInfo], report: FaultReport, kind: str) -> None:
+        """Leave the partition's failing last replicas in place; a hung one that answers again closes the report."""
+        self._kept.update(r.actor_name for r in lost)
+        report.mark_unrecovered(time.time(), f"partition {lost[0].partition}: no other replica to take over; the "
+                                             "failing one is kept (killing it could only lose data)", action="kept")
+        if kind != HANG or self.watcher is None:
+            return
+
+        def answered(names: tuple[str, ...] = tuple(r.actor_name for r in lost)) -> None:
+            self._kept.difference_update(names)
+            report.act(time.time(), "answered-again")
+            report.mark_recovered(time.time())
+            self.book.save(report)
+
+        for rep in lost:
+            self.watcher.hold(rep.actor_name, answered)
 
     def _last_ones(self, partition: int, lost: list[ReplicaInfo]) -> bool:
         """Would losing ``lost`` leave the partition without a serving replica?"""
@@ -647,11 +662,12 @@ class Supervisor:
         report = self.book.new(SUPERVISOR_RESTART, note.get("signal", "ray-restart"), note.get("detected_at", started),
                                note.get("fault_at"), {"node": self.identity["node_id"], "actors": [
                                    {"actor": f"{self.config.name}:supervisor", "role": "supervisor", "partition": None,
-                                    "pid": note.get("pid")}]}, partitions=[], cause=note.get("kind", CRASH),
+                                    "pid": note.get("pid") or data.get("supervisor_pid")}]},
+                               partitions=[], cause=note.get("kind", CRASH),
                                process=note.get("process"))
         report.act(started, "restarted", pid=self.identity["pid"], map_version=data.get("version"))
         with self._lock:
-            self.map = ClusterMap.from_dict(data)
+            self.map = ClusterMap.from_dict({k: v for k, v in data.items() if k != "supervisor_pid"})
             self._recheck(report)
             report.act(time.time(), "rechecked", dead=[r.actor_name for r in self.map.replicas if r.state == DEAD])
             report.impact["partitions"] = sorted({r.partition for r in self.map.replicas if r.state == DEAD})

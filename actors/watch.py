@@ -97,6 +97,7 @@ class Watcher:
         self.detectors: dict[str, HeartbeatDetector] = {}
         self.last_reply: dict[str, dict[str, Any]] = {}
         self._reported: set[str] = set()
+        self._held: dict[str, Callable[[], None]] = {}  # reported, kept in place: pinged until they answer
         self._outstanding: dict[Any, str] = {}
         self._next_ping: dict[str, float] = {}
         self._stop = threading.Event()
@@ -119,6 +120,10 @@ class Watcher:
         self._reported.discard(name)
         self.detectors.pop(name, None)
         self._next_ping[name] = now
+
+    def hold(self, name: str, on_answer: Callable[[], None]) -> None:
+        """Keep pinging a reported actor that was left in place; call ``on_answer`` once it answers again."""
+        self._held[name] = on_answer
 
     def last_heard(self, name: str) -> float | None:
         det = self.detectors.get(name)
@@ -165,6 +170,8 @@ class Watcher:
             self.last_reply.pop(name, None)
             self._next_ping.pop(name, None)
         self._reported &= set(targets)
+        for name in [n for n in self._held if n not in targets]:
+            del self._held[name]
         for ref, name in list(self._outstanding.items()):
             if name not in targets:
                 del self._outstanding[ref]
@@ -176,7 +183,8 @@ class Watcher:
             if name not in self.detectors:
                 self.detectors[name] = HeartbeatDetector(s.mode, s.interval_s, s.timeout_min_s, s.timeout_max_s,
                                                          s.phi_threshold, start_s=now)
-            if name in waiting or name in self._reported or now < self._next_ping.get(name, 0.0):
+            if name in waiting or (name in self._reported and name not in self._held) \
+                    or now < self._next_ping.get(name, 0.0):
                 continue
             self._outstanding[runtime.submit(t.handle, "ping", control=True)] = name
             self._next_ping[name] = now + s.interval_s
@@ -185,7 +193,12 @@ class Watcher:
     def _collect(self, done: list[Any], targets: dict[str, Target], now: float) -> None:
         for ref in done:
             name = self._outstanding.pop(ref, None)
-            if name is None or name not in targets or name in self._reported:
+            if name is None or name not in targets:
+                continue
+            if name in self._held:
+                self._answered_again(name, ref, now)
+                continue
+            if name in self._reported:
                 continue
             answer = runtime.outcome(ref, what=f"ping {name}")
             if isinstance(answer, ActorDied):
@@ -195,6 +208,13 @@ class Watcher:
                 self.last_reply[name] = answer
                 if answer.get("log_failed"):
                     self._emit(LOG_WRITE_FAILURE, "heartbeat-log-failed", [targets[name]], now)
+
+    def _answered_again(self, name: str, ref: Any, now: float) -> None:
+        if not isinstance(runtime.outcome(ref, what=f"ping {name}"), dict):
+            return
+        on_answer = self._held.pop(name)
+        self.rearm(name, now)
+        on_answer()
 
     def _suspect(self, targets: dict[str, Target], now: float) -> None:
         silent = [t for n, t in targets.items() if n not in self._reported and self.detectors[n].suspect(now)

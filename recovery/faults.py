@@ -88,8 +88,8 @@ class FaultReport:
         self.state = RECOVERED
         self._durations()
 
-    def mark_unrecovered(self, at: float, why: str) -> None:
-        self.act(at, "gave-up", reason=why)
+    def mark_unrecovered(self, at: float, why: str, action: str = "gave-up") -> None:
+        self.act(at, action, reason=why)
         self.state = UNRECOVERED
 
     def _durations(self) -> None:

@@ -242,3 +242,20 @@ def test_a_torn_log_found_at_restart_is_reported_and_the_data_kept(ray_address, 
         assert reports[0]["impact"]["cut"] and reports[0]["state"] == "recovered"
         assert [a["action"] for a in reports[0]["actions"]] == ["detected", "cut-log"]
         assert db.call_many("deposit", [(i, 0) for i in range(5)]) == [10] * 5  # the other replica had it all
+
+
+def test_a_paused_last_replica_is_kept_and_its_report_closes_when_it_answers_again(ray_address, tmp_path):
+    with ledger("test-sup-last", tmp_path, partitions=1, k=0, accounts=3) as db:
+        only = _replica(db, "leader", 0)
+        os.kill(only["pid"], signal.SIGSTOP)
+        try:
+            wait_until(lambda: [f["state"] for f in db.faults()] == ["unrecovered"], timeout_s=30,
+                       what="the hang reported")
+            [report] = db.faults()
+            assert report["kind"] == "hang" and report["actions"][-1]["action"] == "kept"
+        finally:
+            os.kill(only["pid"], signal.SIGCONT)
+        [report] = _recovered(db, 1)
+        assert [a["action"] for a in report["actions"]][-1] == "answered-again"
+        assert db.call("deposit", 1, 5) == 5   # the same process serves again: nothing was lost
+        assert _replica(db, "leader", 0)["pid"] == only["pid"]
