@@ -38,6 +38,7 @@ Every phase is logged as ``phase=...``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -778,9 +779,9 @@ class Supervisor:
 
     def status(self) -> dict[str, Any]:
         """The map joined with each replica's live answer (or 'unreachable') and its heartbeat health."""
-        with self._lock:
+        with self._lock:  # copies: the map may change while we wait for the answers
             m = self._map()
-            reps = list(m.replicas)
+            reps = [dataclasses.replace(r) for r in m.replicas]
             version = m.version
         refs = [runtime.submit(self.handles[r.actor_name], "status", control=True) for r in reps]
         answers = runtime.get_each(refs, self.config.control_timeout_s, what="replica status")
