@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Iterable, Union
 
-from actors.errors import InvalidConfig, OhmError, invariant
+from actors.errors import CoordinatorBusy, InvalidConfig, OutcomeUnknown, TxnAborted, invariant
 
 COMMIT = "commit"
 ABORT = "abort"
@@ -55,28 +55,6 @@ DECISION_ATTEMPTS_MAX = 3
 OPEN_TXNS_MAX = 10_000
 #: Outcomes of finished transactions remembered to check late events against.
 FINISHED_KEPT_MAX = 10_000
-
-
-# --- errors ------------------------------------------------------------------------
-
-
-class CoordinatorBusy(OhmError):
-    """Too many multi-partition transactions are open; try again later (nothing ran)."""
-
-    code = "COORDINATOR_BUSY"
-
-
-class TxnAborted(OhmError):
-    """The coordinator decided abort: a failed fragment, a NO or missing vote, or an abort recorded first."""
-
-    code = "TXN_ABORTED"
-
-
-class OutcomeUnknown(OhmError):
-    """The decision could not be logged yet: it will be, but its outcome is not known now."""
-
-    code = "OUTCOME_UNKNOWN"
-    not_applied = False
 
 
 # --- actions -----------------------------------------------------------------------

@@ -162,6 +162,25 @@ class ClusterMinority(OhmError):
     code = "CLUSTER_MINORITY"
 
 
+class CoordinatorBusy(OhmError):
+    """Too many multi-partition transactions are open; try again later (nothing ran)."""
+
+    code = "COORDINATOR_BUSY"
+
+
+class TxnAborted(OhmError):
+    """The coordinator decided abort: a failed fragment, a NO or missing vote, or an abort recorded first."""
+
+    code = "TXN_ABORTED"
+
+
+class OutcomeUnknown(OhmError):
+    """A multi-partition decision could not be logged yet: it will be, but its outcome is not known now."""
+
+    code = "OUTCOME_UNKNOWN"
+    not_applied = False
+
+
 class LogWriteFailed(OhmError):
     """The replica could not make the batch durable (disk full, I/O error).
 

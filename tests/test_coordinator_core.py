@@ -23,10 +23,12 @@ from typing import Any, Callable
 import pytest
 
 from actors.coordinator_core import (
-    ABORT, COMMIT, DECISION_ATTEMPTS_MAX, OPEN_TXNS_MAX, CoordinatorBusy, CoordinatorCore, InDoubt,
-    LogDecision, OutcomeUnknown, Release, Reply, SendAbort, SendDecision, SendPrepare, TxnAborted,
+    ABORT, COMMIT, DECISION_ATTEMPTS_MAX, OPEN_TXNS_MAX, CoordinatorCore, InDoubt,
+    LogDecision, Release, Reply, SendAbort, SendDecision, SendPrepare,
 )
-from actors.errors import InvalidConfig, InvariantViolation, ProcedureFailed
+from actors.errors import (
+    CoordinatorBusy, InvalidConfig, InvariantViolation, OutcomeUnknown, ProcedureFailed, TxnAborted,
+)
 
 PREPARE_S = 5.0
 RETRY_S = 1.0
