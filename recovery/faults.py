@@ -23,7 +23,6 @@ arguments and never reads a clock.
 
 from __future__ import annotations
 
-import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -118,6 +117,7 @@ class FaultBook:
         self.run = run
         self.open: dict[str, FaultReport] = {}
         self._recent: deque[FaultReport] = deque(maxlen=RECENT_REPORTS_MAX)
+        self._made = 0  # reports numbered within the run (the run id is the caller's: no randomness here)
         for data in store.reports() if resume else []:  # after a restart: reports still open are picked up again
             if data.get("state") in (OPEN, AVAILABLE):
                 rep = FaultReport.from_dict(data)
@@ -127,7 +127,8 @@ class FaultBook:
             where: dict[str, Any], **impact: Any) -> FaultReport:
         if kind not in KINDS:
             raise ValueError(f"unknown fault kind {kind!r}")
-        rep = FaultReport(id=f"F-{uuid.uuid4().hex[:10]}", kind=kind, signal=signal, detected_at=detected_at,
+        self._made += 1
+        rep = FaultReport(id=f"F-{self.run}-{self._made:04d}", kind=kind, signal=signal, detected_at=detected_at,
                           fault_at=min(fault_at if fault_at is not None else detected_at, detected_at),
                           where=where, impact=dict(impact), run=self.run)
         rep.act(detected_at, "detected", signal=signal)

@@ -159,7 +159,7 @@ def test_a_report_measures_detection_availability_and_redundancy_from_the_fault(
                    where={"node": "n1", "actors": []}, partitions=[3], partitions_unavailable=[3])
     rep.act(10.3, "promote", replica="x")
     rep.mark_available(10.4)
-    assert [r.id for r in book.touching(3)] == [rep.id]
+    assert rep.id == "F-r1-0001" and [r.id for r in book.touching(3)] == [rep.id]
     rep.mark_recovered(12.0)
     book.save(rep)
     d = rep.to_dict()
