@@ -55,7 +55,9 @@ from actors.partition_actor import PartitionReplica
 from actors.schema import Schema
 from actors.watch import FaultEvent, Target, WatchSettings, Watcher
 from actors.watchdog import WATCHDOG_NOTE_KEY, NodeProbe, Watchdog, probe_name, watchdog_name
-from recovery.cluster_map import DEAD, FOLLOWER, LEADER, SERVING, STARTING, ClusterMap, ReplicaInfo, replica_name
+from recovery.cluster_map import (
+    DEAD, FOLLOWER, LEADER, SERVING, STARTING, ClusterMap, ReplicaInfo, replica_name, trusted_nodes,
+)
 from recovery.faults import (
     CORRUPT_LOG, CRASH, HANG, LOG_WRITE_FAILURE, NODE_LOSS, SUPERVISOR_RESTART, UNRECOVERED, FaultBook, FaultReport,
 )
@@ -295,7 +297,7 @@ class Supervisor:
                                    **event.detail)
             for p in partitions:
                 lost = [r for r in reps if r.partition == p]
-                if kind in (HANG, LOG_WRITE_FAILURE) and self._last_ones(p, lost):
+                if kind in (HANG, LOG_WRITE_FAILURE) and not m.serving_besides(p, {r.actor_name for r in lost}):
                     self._keep(lost, report, kind)
                     continue
                 if any(r.role == LEADER for r in lost):
@@ -354,11 +356,6 @@ class Supervisor:
 
         for rep in lost:
             self.watcher.hold(rep.actor_name, answered)
-
-    def _last_ones(self, partition: int, lost: list[ReplicaInfo]) -> bool:
-        """Would losing ``lost`` leave the partition without a serving replica?"""
-        names = {r.actor_name for r in lost}
-        return not any(r.state == SERVING and r.actor_name not in names for r in self._map().of_partition(partition))
 
     def _kill(self, rep: ReplicaInfo, report: FaultReport | None) -> None:
         """Kill for good; SIGKILL the process too when its node is alive (a paused process never wakes)."""
@@ -516,9 +513,7 @@ class Supervisor:
     def _placement_nodes(self) -> list[str]:
         """Live nodes, without those where a replica went silent lately (unless no other is left)."""
         alive = [n["node_id"] for n in runtime.alive_nodes()]
-        now = time.time()
-        trusted = [n for n in alive if now - self._suspect_nodes.get(n, -SUSPECT_NODE_S) >= SUSPECT_NODE_S]
-        return trusted or alive
+        return trusted_nodes(alive, self._suspect_nodes, time.time(), SUSPECT_NODE_S)
 
     def _replace(self, partition: int, replica: int, attempt: int) -> None:
         started = time.time()
@@ -577,9 +572,7 @@ class Supervisor:
     def _check_redundant(self) -> None:
         """Close every open report whose partitions are all back at k+1 serving replicas."""
         with self._lock:
-            m = self._map()
-            full = {p for p in range(m.partitions)
-                    if sum(1 for r in m.of_partition(p) if r.state == SERVING) == m.k + 1}
+            full = self._map().fully_replicated()
             now = time.time()
             for report in list(self.book.open.values()):
                 if report.state != UNRECOVERED and set(report.impact.get("partitions", [])) <= full:
@@ -717,7 +710,7 @@ class Supervisor:
             else:
                 rep.epoch, rep.role, rep.node_id, rep.pid = a["epoch"], a["role"], a["node_id"], a["pid"]
         for p in range(m.partitions):
-            if not self._consistent(p, answers):
+            if not m.consistent(p, {name: a["leader"] for name, a in answers.items() if isinstance(a, dict)}):
                 log.warning("phase=resume-elect partition=%d", p)
                 self._elect(p, report)
                 continue
@@ -727,19 +720,6 @@ class Supervisor:
                      and r.actor_name not in answers[lead[0].actor_name]["followers"]]
             if stray:  # followed the leader but was never (or no longer) in its configuration
                 self._followers_lost(p, stray, report)
-
-    def _consistent(self, partition: int, answers: dict[str, Any]) -> bool:
-        """Exactly one live leader, in the newest epoch any live replica knows, followed by every live follower."""
-        reps = [r for r in self._map().of_partition(partition) if r.state == SERVING]
-        if not reps:
-            return True  # nothing to elect from: PARTITION_UNAVAILABLE
-        newest = max(r.epoch for r in reps)
-        leaders = [r for r in reps if r.role == LEADER]
-        if len(leaders) != 1 or leaders[0].epoch != newest:
-            return False
-        lead = leaders[0]
-        return all(r.role == FOLLOWER and r.epoch == newest and answers[r.actor_name]["leader"] == lead.actor_name
-                   for r in reps if r is not lead)
 
     # -- viability ---------------------------------------------------------------------------------
 

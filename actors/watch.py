@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 from actors import runtime
 from actors.errors import ActorDied
-from recovery.detector import HeartbeatDetector
+from recovery.detector import HeartbeatDetector, node_went_quiet
 from recovery.faults import CRASH, HANG, LOG_WRITE_FAILURE, NODE_LOSS
 
 log = logging.getLogger("ohmdb.watch")
@@ -225,11 +225,8 @@ class Watcher:
         margin_s = NODE_QUIET_INTERVALS * self.settings.interval_s
         for node, group in by_node.items():
             on_node = [t for t in targets.values() if t.node_id == node and t.name not in self._reported]
-            # A node dies at one moment: its other actors have not answered since shortly after the
-            # suspect's last answer either.  A single hung process leaves its neighbours answering.
-            since = max(self.detectors[t.name].last_s or 0.0 for t in group) + margin_s
-            quiet = [t for t in on_node if (self.detectors[t.name].last_s or 0.0) <= since]
-            whole_node = node is not None and len(on_node) >= 2 and len(quiet) == len(on_node)
+            whole_node = node is not None and node_went_quiet([self.last_heard(t.name) for t in group],
+                                                              [self.last_heard(t.name) for t in on_node], margin_s)
             self._emit(NODE_LOSS if whole_node else HANG, "heartbeat-silence", on_node if whole_node else group, now)
 
     def _check_nodes(self, targets: dict[str, Target], now: float) -> None:

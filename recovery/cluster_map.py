@@ -7,7 +7,11 @@ tagged with ``version`` and refresh them when routing fails.  The map is plain
 data (no handles, no Ray), serialisable to a dict so it can be persisted and
 reloaded, and placement is a pure function of the partition count, the replica
 count and the node list: replicas of one partition go to distinct nodes when
-there are enough nodes, and partitions spread round-robin.
+there are enough nodes, and partitions spread round-robin.  The supervisor's
+fault decisions that only read the map live here too: whether a restarted
+supervisor may keep a partition's configuration (``consistent``), whether a
+failing replica is the last one serving, which partitions are back at k+1, and
+which nodes to avoid for a replacement (``trusted_nodes``).
 """
 
 from __future__ import annotations
@@ -81,6 +85,34 @@ class ClusterMap:
         free = [n for n in alive if n not in busy]
         return (free or alive or [None])[0]
 
+    def serving_besides(self, partition: int, names: set[str]) -> bool:
+        """Does ``partition`` keep a serving replica if the replicas named ``names`` go?"""
+        return any(r.state == SERVING and r.actor_name not in names for r in self.of_partition(partition))
+
+    def fully_replicated(self) -> set[int]:
+        """Partitions with all k+1 replicas serving."""
+        return {p for p in range(self.partitions)
+                if sum(1 for r in self.of_partition(p) if r.state == SERVING) == self.k + 1}
+
+    def consistent(self, partition: int, leader_named: dict[str, str | None]) -> bool:
+        """After a supervisor restart: may ``partition``'s configuration be kept as the replicas report it?
+
+        Yes when exactly one serving replica leads, in the newest epoch any of
+        them knows, and every other serving replica follows it in that epoch
+        (``leader_named``: whom each replica says it follows).  A partition
+        with no serving replica has nothing to elect from (it stays unavailable).
+        """
+        reps = [r for r in self.of_partition(partition) if r.state == SERVING]
+        if not reps:
+            return True
+        newest = max(r.epoch for r in reps)
+        leaders = [r for r in reps if r.role == LEADER]
+        if len(leaders) != 1 or leaders[0].epoch != newest:
+            return False
+        lead = leaders[0]
+        return all(r.role == FOLLOWER and r.epoch == newest and leader_named.get(r.actor_name) == lead.actor_name
+                   for r in reps if r is not lead)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -89,3 +121,9 @@ class ClusterMap:
         data = dict(data)
         data["replicas"] = [ReplicaInfo(**r) for r in data.get("replicas", [])]
         return cls(**data)
+
+
+def trusted_nodes(alive: list[str], suspected_at: dict[str, float], now: float, window_s: float) -> list[str]:
+    """Live nodes where no replica went silent within ``window_s`` (all live nodes if none is left)."""
+    trusted = [n for n in alive if now - suspected_at.get(n, now - window_s) >= window_s]
+    return trusted or alive

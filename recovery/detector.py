@@ -19,6 +19,8 @@ how long a real hang can go unseen however noisy the history.  A busy replica
 whose answers come late raises its own std and therefore its own timeout
 (no flapping under load).  ``timeout`` mode suspects after a fixed silence.
 
+``node_went_quiet`` tells the loss of a whole node from one hung process.
+
 Silence is measured from the last answer; before the first answer it is
 measured from when watching began (``start``), so an actor that never answers
 is still found.
@@ -90,3 +92,20 @@ class HeartbeatDetector:
 
     def suspect(self, now_s: float) -> bool:
         return self.silence_s(now_s) > self.timeout_s()
+
+
+def node_went_quiet(suspects_last_s: list[float | None], neighbours_last_s: list[float | None],
+                    margin_s: float) -> bool:
+    """Is a silence the loss of a whole node rather than of one process?
+
+    A node dies at one moment: none of the watched actors on it (at least two in
+    all) answered later than ``margin_s`` after the suspects' last answer.  A
+    single hung process leaves its neighbours answering.  Arguments are the last
+    answer times of the suspected actors and of every actor on that node
+    (suspects included; None: never answered).
+    """
+    if len(neighbours_last_s) < 2:
+        return False
+    since = max(t or 0.0 for t in suspects_last_s) + margin_s
+    return all((t or 0.0) <= since for t in neighbours_last_s)
+

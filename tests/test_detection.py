@@ -1,4 +1,5 @@
-"""Pure cores of fault handling, without Ray: the detector, the minority rule, reports and their stores."""
+"""Pure cores of fault handling, without Ray: the detector, the minority rule, reports and their stores,
+and the cluster map's fault decisions."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from hypothesis import given, settings, strategies as st
 
 from actors.config import ClusterConfig
 from actors.errors import InvalidConfig
-from recovery.detector import PHI, TIMEOUT, HeartbeatDetector
+from recovery.cluster_map import DEAD, FOLLOWER, LEADER, SERVING, STARTING, ClusterMap, ReplicaInfo, trusted_nodes
+from recovery.detector import PHI, TIMEOUT, HeartbeatDetector, node_went_quiet
 from recovery.faults import CRASH, HANG, RECOVERED, FaultBook, latest
 from recovery.membership import Membership, verdict
 from recovery.supervisor_store import DirStore, KVStore, StoreCorrupt
@@ -219,3 +221,45 @@ def test_the_key_value_store_round_trips_and_clears():
     kv["cluster:x:map"] = b"\xff\xfe"
     with pytest.raises(StoreCorrupt, match="cluster:x:map"):
         store.load_map()
+
+
+# --- the cluster map's fault decisions --------------------------------------------------------------
+
+
+def _map_of(*reps: tuple[str, str, int, str]) -> ClusterMap:
+    """One partition, k = len(reps) - 1; each replica (name, role, epoch, state)."""
+    return ClusterMap("c", 1, k=len(reps) - 1, replicas=[
+        ReplicaInfo(0, i, name, role, epoch=epoch, state=state) for i, (name, role, epoch, state) in enumerate(reps)])
+
+
+def test_a_restarted_supervisor_keeps_only_a_configuration_with_one_leader_in_the_newest_epoch():
+    m = _map_of(("a", LEADER, 3, SERVING), ("b", FOLLOWER, 3, SERVING), ("c", FOLLOWER, 2, DEAD))
+    assert m.consistent(0, {"a": "a", "b": "a"})
+    assert not m.consistent(0, {"a": "a", "b": None})          # b was fenced, never configured
+    fenced = _map_of(("a", LEADER, 3, SERVING), ("b", FOLLOWER, 4, SERVING))
+    assert not fenced.consistent(0, {"a": "a", "b": None})     # died between fence and promote
+    two = _map_of(("a", LEADER, 3, SERVING), ("b", LEADER, 4, SERVING))
+    assert not two.consistent(0, {"a": "a", "b": "b"})
+    assert _map_of(("a", LEADER, 3, DEAD)).consistent(0, {})  # nothing to elect from
+
+
+def test_last_replicas_and_full_redundancy():
+    m = _map_of(("a", LEADER, 1, SERVING), ("b", FOLLOWER, 1, STARTING))
+    assert not m.serving_besides(0, {"a"}) and m.serving_besides(0, {"b"})
+    assert m.fully_replicated() == set()
+    m.replicas[1].state = SERVING
+    assert m.fully_replicated() == {0}
+
+
+def test_placement_avoids_nodes_suspected_lately_unless_none_is_left():
+    assert trusted_nodes(["n1", "n2"], {"n1": 95.0}, now=100.0, window_s=30.0) == ["n2"]
+    assert trusted_nodes(["n1", "n2"], {"n1": 60.0}, now=100.0, window_s=30.0) == ["n1", "n2"]
+    assert trusted_nodes(["n1"], {"n1": 99.0}, now=100.0, window_s=30.0) == ["n1"]
+
+
+def test_a_whole_node_went_quiet_only_if_none_of_its_actors_answered_since():
+    margin = 0.15
+    assert node_went_quiet([10.0], [10.0, 10.1], margin)                 # the neighbour stopped too
+    assert not node_went_quiet([10.0], [10.0, 10.4], margin)             # the neighbour answers on: one hang
+    assert not node_went_quiet([10.0], [10.0], margin)                   # alone on its node: cannot tell
+    assert node_went_quiet([10.0], [10.0, None], margin)                 # a neighbour that never answered
