@@ -793,6 +793,7 @@ class Supervisor:
             "nodes": runtime.alive_nodes(),
             "supervisor": {"actor_name": f"{self.config.name}:supervisor", **self.identity, "restarted": self.restarted},
             "halted": self.halted,
+            "members": sorted(self.membership.members) if self.membership is not None else [],
             "faults_open": len(self.book.open),
             "rebuilds": list(self.rebuilds),
             "counts": _totals(replicas, {t.name for t in self.schema.tables.values() if t.replicated}),

@@ -72,10 +72,11 @@ def _minority(nodes: RayCluster, db: Cluster, left: list) -> dict:
     """Grow to three nodes again, then lose two at once: this side is a minority and stops writing."""
     added = nodes.add_node(num_cpus=1)
     nodes.wait_for_nodes()
-    deadline = time.monotonic() + 30
-    while added.node_id not in {n["node_id"] for n in runtime.alive_nodes()} and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(8)  # the membership takes in a new node once it held still 5 s: it now counts three
+    deadline = time.monotonic() + 60  # the membership takes in a new node once the node set held still 5 s
+    while added.node_id not in db.status()["members"]:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the supervisor never counted the added node as a member")
+        time.sleep(0.2)
     for node in [*left, added]:
         nodes.remove_node(node, allow_graceful=False)
     started = time.monotonic()
