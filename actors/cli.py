@@ -61,23 +61,18 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--transactions", type=int, default=100_000, help="voter transactions per k (default 100000)")
     rp.add_argument("--kills", type=int, default=5, help="leader kills to time (default 5)")
     rp.add_argument("--rebuild-rows", type=int, default=200_000, help="votes loaded before the rebuild (default 200000)")
-    rp.add_argument("--durability", choices=["sync", "async", "off"], default="sync", help="default sync")
-    rp.add_argument("--seed", type=int, default=1, help="seed (default 1)")
-    rp.add_argument("--json", metavar="PATH", help="write the report as JSON here")
-    rp.add_argument("--address", help="Ray cluster address; default: start one")
+    _run_args(rp)
 
     fb = wl.add_parser("faults", help="detection, availability and redundancy times over many injected faults",
                        description="Inject faults one at a time into a k=1 voter cluster under load (SIGKILL of a "
                                    "leader, SIGSTOP of a leader, SIGKILL of a follower) and print the distributions of "
                                    "detection, availability and full-redundancy times; then time full redundancy of "
-                                   "a partition holding --big-rows rows.")
+                                   "a partition holding --big-rows votes.")
     fb.add_argument("--partitions", type=int, default=2, help="partitions (default 2)")
     fb.add_argument("--faults", type=int, default=20, help="faults of each kind (default 20)")
-    fb.add_argument("--big-rows", type=int, default=1_000_000, help="rows in the rebuilt partition (default 1000000; 0 skips)")
-    fb.add_argument("--durability", choices=["sync", "async", "off"], default="sync", help="default sync")
-    fb.add_argument("--seed", type=int, default=1, help="seed (default 1)")
-    fb.add_argument("--json", metavar="PATH", help="write the report as JSON here")
-    fb.add_argument("--address", help="Ray cluster address; default: start one")
+    fb.add_argument("--big-rows", type=int, default=1_000_000, help="votes loaded into the rebuilt partition (about twice as many rows; "
+                    "default 1000000; 0 skips)")
+    _run_args(fb)
 
     st = sub.add_parser("status", help="show a running cluster's map", description="Show a running cluster's map.")
     st.add_argument("--name", default="ohmdb", help="cluster name (default ohmdb)")
@@ -114,6 +109,14 @@ def _parser() -> argparse.ArgumentParser:
     sd.add_argument("--name", default="ohmdb", help="cluster name (default ohmdb)")
     sd.add_argument("--address", default="auto", help="Ray cluster address (default auto)")
     return p
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    """Options every fault/replication benchmark takes."""
+    p.add_argument("--durability", choices=["sync", "async", "off"], default="sync", help="default sync")
+    p.add_argument("--seed", type=int, default=1, help="seed (default 1)")
+    p.add_argument("--json", metavar="PATH", help="write the report as JSON here")
+    p.add_argument("--address", help="Ray cluster address; default: start one")
 
 
 def main(argv: list[str] | None = None) -> int:
