@@ -74,6 +74,20 @@ def _parser() -> argparse.ArgumentParser:
                     "default 1000000; 0 skips)")
     _run_args(fb)
 
+    bk = wl.add_parser("bank", help="transfers: a multi-partition (2PC) transfer's cost next to a local one",
+                       description="Money transfers between accounts: a phase of single-partition transfers, then "
+                                   "a phase of cross-partition (two-phase commit) transfers, side by side in one run; "
+                                   "a reader checks all the while that the total is unchanged and no balance is "
+                                   "negative. Exits 1 when that check fails.")
+    bk.add_argument("--partitions", type=int, default=4, help="partitions (default 4)")
+    bk.add_argument("--k", type=int, default=1, help="replicas per partition beyond the leader (default 1)")
+    bk.add_argument("--clients", type=int, default=8, help="concurrent client threads per phase (default 8)")
+    bk.add_argument("--batch", type=int, default=1, help="transfers per call_many batch; 1: one call at a time (default 1)")
+    bk.add_argument("--duration", type=float, default=5.0, metavar="SECONDS", help="length of each phase (default 5)")
+    bk.add_argument("--accounts", type=int, default=10_000, help="accounts (default 10000)")
+    bk.add_argument("--out", metavar="DIR", help="write report.json into this directory")
+    _run_args(bk)
+
     st = sub.add_parser("status", help="show a running cluster's map", description="Show a running cluster's map.")
     st.add_argument("--name", default="ohmdb", help="cluster name (default ohmdb)")
     st.add_argument("--address", default="auto", help="Ray cluster address (default auto)")
@@ -153,6 +167,8 @@ def _bench(args: argparse.Namespace) -> int:
         return _bench_replication(args)
     if args.workload == "faults":
         return _bench_faults(args)
+    if args.workload == "bank":
+        return _bench_bank(args)
 
     transactions = args.transactions
     if args.duration is None and transactions is None:
@@ -246,6 +262,49 @@ def _bench_replication(args: argparse.Namespace) -> int:
     if args.json:
         write_report(report, args.json)
     return 0 if k["k0"]["ok"] and k["k1"]["ok"] else 1
+
+
+def _bench_bank(args: argparse.Namespace) -> int:
+    import os
+
+    from workloads.bank_bench import BankBenchConfig, run
+    from workloads.bench import write_report
+
+    cfg = BankBenchConfig(partitions=args.partitions, k=args.k, clients=args.clients, batch=args.batch,
+                          duration_s=args.duration, accounts=args.accounts, durability=args.durability,
+                          seed=args.seed, address=args.address).validate()
+    with console.status("starting") as spinner:
+        report = run(cfg, on_phase=lambda msg: spinner.update(msg))
+    t = RichTable(title=f"ohmdb bench bank ({cfg.partitions} partitions, k={cfg.k}, {cfg.durability}, "
+                        f"{cfg.clients} clients, batch {cfg.batch}, {cfg.accounts:,} accounts)")
+    for col in ("phase", "procedure", "txn/s", "committed", "refused", "aborted", "unknown", "other",
+                "p50 / p95 / p99 / max ms"):
+        t.add_column(col, justify="left" if col in ("phase", "procedure") else "right")
+    for key, ph in report["phases"].items():
+        lat = ph["latency_ms"]
+        t.add_row(key, ph["procedure"], f"{ph['throughput_tps']:,.0f}",
+                  *(f"{ph[kind]:,}" for kind in ("committed", "refused", "aborted", "unknown", "other")),
+                  f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f} / {lat['max']:.1f}")
+    out.print(t)
+    ratio = report["mp_cost_ratio"]
+    out.print(f"mp cost: sp/mp throughput {ratio['throughput_sp_to_mp']}, mp/sp p50 latency "
+              f"{ratio['p50_latency_mp_to_sp']}  ({report['latency_note']})")
+    for key, ph in report["phases"].items():
+        if ph["error_codes"]:
+            out.print(f"{key} errors: {ph['error_codes']} e.g. {ph['error_samples'][:2]}", markup=False)
+    inv = report["checks"]["invariant"]
+    verdict = "[green]ok[/green]" if inv["ok"] else "[red]FAILED[/red]"
+    out.print(f"invariant (total unchanged, no negative balance): {verdict} over {inv['reads']} reads"
+              f"{'' if inv['final_read'] else ' (the final read failed)'}; read errors {inv['read_errors'] or 'none'}")
+    for v in inv["violations"]:
+        out.print(f"  {v}", markup=False)
+    if args.json:
+        write_report(report, args.json)
+    if args.out:
+        path = os.path.join(args.out, "report.json")
+        write_report(report, path)
+        console.print(f"report written to {path}")
+    return 0 if inv["ok"] else 1
 
 
 def _print_summary(report: dict[str, Any]) -> None:
@@ -375,6 +434,7 @@ def _log_dump(args: argparse.Namespace) -> int:
     from recovery.log_format import LogCodec
     from recovery.replay import LOG_DIR
     from recovery.segments import read_log
+    from recovery.redo import CONTROL_OPS
 
     catalog, schema = _open_catalog(args.data_dir)
     codec = LogCodec(schema)
@@ -391,6 +451,8 @@ def _log_dump(args: argparse.Namespace) -> int:
                     row = rec.row
                     if rec.op == "REQUEST":  # a client request's pickled outcome: show its size only
                         row = {"outcome_bytes": len(rec.row["outcome"])}
+                    elif rec.op in CONTROL_OPS:  # a two-phase-commit marker: its JSON payload
+                        row = json.loads(rec.row["outcome"] or b"{}")
                     entry = {"partition": p, "replica": r, "lsn": lsn, "epoch": epoch, "txn_id": rec.txn_id,
                              "op": rec.op, "table": rec.table, "key": rec.key, "row": row}
                     if args.json:

@@ -13,10 +13,12 @@ in input order, a failed transaction as its typed error object in its place.
 Ray runs one caller's calls to one actor in submission order, so futures from
 ``call_async`` complete in submission order per partition.
 
-Read-only multi-partition procedures run here, in the driver, as a
-scatter-gather over the partition leaders (``tx.run`` / ``tx.run_all``); they
-are not isolated from concurrent writes until the two-phase-commit coordinator
-takes them over.
+Multi-partition procedures go to the coordinator actor, one call per batch,
+each transaction with its own request id.  When the coordinator dies or an
+outcome is unknown, the same request ids are sent again (``attempt`` + 1): the
+coordinator answers a request it still runs with that run's outcome and one
+whose commit a holder recorded with the recorded reply, so nothing applies
+twice.
 """
 
 from __future__ import annotations
@@ -27,15 +29,17 @@ import sys
 import threading
 import time
 import uuid
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import pyarrow as pa
 
 from actors import runtime
 from actors.config import ClusterConfig, validate_cluster_name
+from actors.coordinator import MP_THREADS, coordinator_name
 from actors.errors import (
-    ActorDied, BatchTooLarge, ClusterExists, ClusterNotFound, InvalidArguments, InvalidConfig, LogWriteFailed,
-    NotLeader, OhmError, PartitionUnavailable, StaleEpoch, UnknownProcedure,
+    ActorDied, BatchTooLarge, ClusterExists, ClusterNotFound, CoordinatorUnavailable, InvalidArguments, InvalidConfig,
+    LogWriteFailed, NotLeader, OhmError, OutcomeUnknown, PartitionUnavailable, StaleEpoch, Timeout,
+    UnknownProcedure,
 )
 from actors.routing import partition_of
 from actors.schema import Procedure, Schema
@@ -158,69 +162,31 @@ class TxnFuture:
         return runtime.ready([g[2] for g in self._batch._groups])
 
 
-class _Done(BatchFuture):
-    """An already-known outcome (driver-side multi-partition procedures)."""
+class _MPFuture(BatchFuture):
+    """The pending outcome of a batch of multi-partition transactions (one coordinator call)."""
 
-    def __init__(self, values: list[Any]) -> None:
-        self._value = values
-        self._groups = []
+    def __init__(self, cluster: "Cluster", calls: list[tuple[str, tuple, str]], ref: Any, timeout_s: float) -> None:
+        self._cluster = cluster
+        self._calls = calls
+        self._groups = [(None, None, ref)]
+        self._timeout_s = timeout_s
+        self._value: list[Any] | None = None
         self._procedure = None
 
-
-class ScatterContext:
-    """The ``tx`` of a read-only multi-partition procedure run in the driver."""
-
-    def __init__(self, cluster: "Cluster") -> None:
-        self._cluster = cluster
-
-    @property
-    def partitions(self) -> int:
-        return self._cluster.partitions
-
-    def run(self, partition_key: Any, fragment: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fragment(tx, *args)`` read-only on the partition owning ``partition_key``."""
-        return self._gather([partition_of(partition_key, self.partitions)], fragment, args)[0]
-
-    def run_all(self, fragment: Callable[..., Any], *args: Any) -> list[Any]:
-        """Run ``fragment(tx, *args)`` read-only on every partition; results by partition."""
-        return self._gather(list(range(self.partitions)), fragment, args)
-
-    def _gather(self, partitions: list[int], fragment: Callable[..., Any], args: tuple) -> list[Any]:
-        """Run a read-only fragment on each partition's leader; a read whose leader died or was
-        fenced is simply sent again to the new one (reads change nothing)."""
-        cluster = self._cluster
-        answers = [cluster._submit(p, "run_fragment", fragment, args) for p in partitions]
-        answers = runtime.get_each(answers, cluster.config.call_timeout_s, "run_fragment")
-        for _ in range(DEAD_LEADER_RETRIES):
-            again = [k for k, a in enumerate(answers) if _leader_gone(a)]
-            if not again:
-                break
-            for k in again:
-                if isinstance(answers[k], ActorDied):
-                    cluster._leader_failed(partitions[k])
-                else:
-                    cluster._refresh_routing()
-            refs = [cluster._submit(partitions[k], "run_fragment", fragment, args) for k in again]
-            for k, answer in zip(again, runtime.get_each(refs, cluster.config.call_timeout_s, "run_fragment")):
-                answers[k] = answer
-        out = []
-        for p, answer in zip(partitions, answers):
-            if isinstance(answer, ActorDied):
-                raise PartitionUnavailable(f"partition {p}: its leaders kept dying", partition=p)
-            if isinstance(answer, OhmError):
-                raise answer
-            result, err = answer
-            if err is not None:
-                raise err
-            out.append(result)
-        return out
+    def result(self, timeout_s: float | None = None) -> list[Any]:
+        if self._value is None:
+            self._value = self._cluster._mp_outcomes(self._calls, self._groups[0][2],
+                                                     self._timeout_s if timeout_s is None else timeout_s)
+        return self._value
 
 
-def _leader_gone(answer: Any) -> bool:
-    """A fragment's answer says its leader died, was fenced, or is no longer the leader."""
-    if isinstance(answer, ActorDied):
-        return True
-    return isinstance(answer, tuple) and isinstance(answer[1], (StaleEpoch, NotLeader))
+def _unknown(value: Any, request_id: str) -> Any:
+    """A still-unknown MP outcome as OutcomeUnknown naming its request id (a retry with it resolves it)."""
+    if isinstance(value, (ActorDied, Timeout, CoordinatorUnavailable)):
+        return OutcomeUnknown(f"the outcome of request {request_id} is unknown ({value.code}: {value.message}); "
+                              "call again with request_id= this id to learn it", request_id=request_id,
+                              cause=value.code)
+    return value
 
 
 class Cluster:
@@ -236,6 +202,7 @@ class Cluster:
         self._seq = [0] * config.partitions
         self._submit_lock = threading.Lock()
         self._requests = itertools.count()
+        self._mp_handle: Any = None
         self._refresh_routing()
 
     def _submit(self, partition: int, method: str, *args: Any) -> Any:
@@ -348,9 +315,14 @@ class Cluster:
     def partitions(self) -> int:
         return self.config.partitions
 
-    def call(self, procedure: str, *args: Any, timeout_s: float | None = None) -> Any:
-        """Run one transaction; its result, or raise its typed ``OhmError``."""
-        value = self.call_many_async(procedure, [args], timeout_s).result()[0]
+    def call(self, procedure: str, *args: Any, timeout_s: float | None = None, request_id: str | None = None) -> Any:
+        """Run one transaction; its result, or raise its typed ``OhmError``.
+
+        ``request_id``: name the request yourself, so that after an
+        ``OutcomeUnknown`` (or a crash of this driver) calling again with the
+        same id returns the first outcome instead of running it twice.
+        """
+        value = self.call_many_async(procedure, [args], timeout_s, request_id=request_id).result()[0]
         if isinstance(value, OhmError):
             raise value
         return value
@@ -364,7 +336,7 @@ class Cluster:
         return TxnFuture(self.call_many_async(procedure, [args]))
 
     def call_many_async(self, procedure: str, args_list: Iterable[Sequence[Any]],
-                        timeout_s: float | None = None) -> BatchFuture:
+                        timeout_s: float | None = None, request_id: str | None = None) -> BatchFuture:
         """Start a batch: one actor call per partition it touches."""
         proc = self._procedure(procedure)
         batch = [tuple(a) if isinstance(a, (list, tuple)) else (a,) for a in args_list]
@@ -375,7 +347,12 @@ class Cluster:
             )
         timeout = self.config.call_timeout_s if timeout_s is None else timeout_s
         if proc.multi_partition:
-            return _Done([self._run_multi(proc, args) for args in batch])
+            ids = [request_id] if request_id is not None and len(batch) == 1 else \
+                [f"{self._client_id}:m{next(self._requests)}" for _ in batch]
+            calls = [(proc.name, args, rid) for args, rid in zip(batch, ids)]
+            # A caller's own request id may be a retry: the coordinator looks for its recorded outcome first.
+            first_attempt = 1 if request_id is not None else 0
+            return _MPFuture(self, calls, self._submit_mp(calls, first_attempt), timeout)
         by_partition: dict[int, list[int]] = {}
         errors: dict[int, OhmError] = {}
         for i, args in enumerate(batch):
@@ -392,8 +369,8 @@ class Cluster:
         groups = []
         for p, idx in by_partition.items():
             calls = [(proc.name, batch[i]) for i in idx]
-            request_id = f"{self._client_id}:{next(self._requests)}"
-            groups.append((p, idx, self._submit(p, "execute_batch", calls, request_id), calls, request_id))
+            rid = request_id if request_id is not None and len(batch) == 1 else f"{self._client_id}:{next(self._requests)}"
+            groups.append((p, idx, self._submit(p, "execute_batch", calls, rid), calls, rid))
         return BatchFuture(self, len(batch), groups, errors, timeout, proc.name, batch)
 
     def snapshot(self) -> list[dict[str, Any]]:
@@ -448,12 +425,52 @@ class Cluster:
             raise UnknownProcedure(f"unknown procedure {name!r}; known: {sorted(self.schema.procedures)}", procedure=str(name))
         return proc
 
-    def _run_multi(self, proc: Procedure, args: tuple) -> Any:
-        try:
-            proc.check_args(args)
-            return proc.func(ScatterContext(self), *args)
-        except OhmError as err:
-            return err
+    # -- multi-partition transactions (the coordinator) ------------------------------------
+
+    def _coordinator(self, wait: bool = False) -> Any:
+        """The coordinator's handle; with ``wait``, a live one (the supervisor replaces a dead one)."""
+        deadline = time.monotonic() + COORDINATOR_WAIT_S
+        while True:
+            handle = runtime.find(coordinator_name(self.name))
+            if handle is not None and not wait:
+                return handle
+            if handle is not None:
+                try:
+                    runtime.call(handle, "ping", control=True, timeout_s=self.config.control_timeout_s)
+                    return handle
+                except OhmError:
+                    pass
+            if time.monotonic() > deadline:
+                raise CoordinatorUnavailable(f"cluster {self.name!r}: no live coordinator after "
+                                             f"{COORDINATOR_WAIT_S} s", name=self.name)
+            time.sleep(SUPERVISOR_RETRY_S)
+
+    def _submit_mp(self, calls: list[tuple[str, tuple, str]], attempt: int) -> Any:
+        if self._mp_handle is None or attempt > 0:
+            self._mp_handle = self._coordinator(wait=attempt > 0)
+        return runtime.submit(self._mp_handle, "execute", calls, attempt)
+
+    def _mp_outcomes(self, calls: list[tuple[str, tuple, str]], ref: Any, timeout_s: float) -> list[Any]:
+        """Each MP transaction's outcome; unknown ones are asked again with their request ids."""
+        out: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        for attempt in range(1, MP_RESENDS_MAX + 2):
+            # The coordinator runs MP_THREADS of a batch at once: a big batch gets the time of its rounds.
+            wait_s = timeout_s * (3 + len(todo) // MP_THREADS)
+            answer = runtime.get_each([ref], wait_s, "execute")[0]
+            for j, i in enumerate(todo):
+                out[i] = answer if isinstance(answer, OhmError) else answer[j]
+            todo = [i for i in todo if isinstance(out[i], (OutcomeUnknown, ActorDied, Timeout, CoordinatorUnavailable))]
+            if not todo or attempt > MP_RESENDS_MAX:
+                break
+            time.sleep(MP_RESEND_PAUSE_S)
+            try:
+                ref = self._submit_mp([calls[i] for i in todo], attempt)
+            except CoordinatorUnavailable as err:
+                for i in todo:
+                    out[i] = err
+                break
+        return [_unknown(out[i], calls[i][2]) for i in range(len(calls))]
 
     def _leader_failed(self, partition: int) -> None:
         """Tell the supervisor our leader died; it fences and promotes; take the new routing."""
@@ -487,6 +504,11 @@ class Cluster:
 
 
 CONNECT_TIMEOUT_S = 30.0
+#: Times unknown MP outcomes are asked again (same request ids), the pause before each, and how long to
+#: wait for a live coordinator.
+MP_RESENDS_MAX = 5
+MP_RESEND_PAUSE_S = 0.2
+COORDINATOR_WAIT_S = 60.0
 #: Times a batch refused with NOT_LEADER (never executed) is re-sent after a routing refresh.
 NOT_LEADER_RETRIES = 3
 #: Times a batch whose leader died is re-sent (same request id) to the promoted follower.

@@ -174,6 +174,19 @@ class TxnAborted(OhmError):
     code = "TXN_ABORTED"
 
 
+class LockConflict(OhmError):
+    """A fragment needed a lock held by an older MP transaction (wait-die: the younger dies) or waited too long."""
+
+    code = "LOCK_CONFLICT"
+
+
+class CoordinatorUnavailable(OhmError):
+    """The coordinator is down or recovering and did not come back in time (nothing was run by this call)."""
+
+    code = "COORDINATOR_UNAVAILABLE"
+    not_applied = False
+
+
 class OutcomeUnknown(OhmError):
     """A multi-partition decision could not be logged yet: it will be, but its outcome is not known now."""
 

@@ -27,19 +27,25 @@ typed error; ``batch_error`` is set when the batch as a whole failed.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import shutil
+import sys
 import threading
 import time
 import uuid
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 
 from actors import runtime
-from actors.errors import ClusterMinority, LogWriteFailed, NotLeader, OhmError, StaleEpoch, Timeout
-from actors.partition_core import PartitionCore, is_failure
+from actors.errors import (
+    ClusterMinority, InvalidArguments, LockConflict, LogWriteFailed, NotLeader, OhmError, StaleEpoch, Timeout,
+)
+from actors.locks import WAIT as LOCK_WAIT
+from actors.participant import OUTCOME_ABORT, OUTCOME_COMMIT
+from actors.partition_core import BatchOutcome, PartitionCore
 from actors.schema import Schema
 from actors.sequencer import Sequencer
 from recovery import segments
@@ -54,11 +60,23 @@ from recovery.snapshots import prune_snapshots, write_snapshot
 
 log = logging.getLogger("ohmdb.partition")
 
+#: The interpreter's thread switch interval here (Python's default, 5 ms, delays the event loop's hand-offs).
+GIL_SWITCH_S = 0.0005
+#: How long a transaction or fragment waits for an MP txn's lock before it gives up.
+LOCK_WAIT_S = 5.0
+#: Interval of the leader's check for MP txns its coordinator left behind.
+MP_CHECK_INTERVAL_S = 0.5
+#: A RUNNING MP txn idle this long is aborted here (it has not voted, so that is safe).
+MP_RUNNING_IDLE_S = 15.0
+#: A PREPARED txn waiting this long asks its holder to record abort (first writer wins).
+MP_IN_DOUBT_S = 15.0
+
 
 class PartitionReplica:
     def __init__(self, cluster: str, schema: Schema, partition: int, partitions: int,
                  replica: int, epoch: int, config: dict[str, Any], fresh: bool = False) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        sys.setswitchinterval(GIL_SWITCH_S)
         self.cluster = cluster
         self.replica = replica
         self.epoch = epoch
@@ -69,6 +87,10 @@ class PartitionReplica:
         self.acks = AckTracker()
         self._ack_waiters: list[tuple[int, asyncio.Future]] = []
         self._lsn_waiters: dict[int, asyncio.Future] = {}
+        self._released: asyncio.Event | None = None  # set whenever an MP txn ends here
+        self._mp_timer: asyncio.Task | None = None
+        self.mp_timing = {"calls": 0, "run_s": 0.0, "durable_s": 0.0}
+        self._drop_decisions = False  # test hook (inject_fault): decisions are lost on the way here
         self.config = config
         self.core = PartitionCore(schema, partition, partitions, config["batch_txns_max"])
         self.codec = LogCodec(schema)
@@ -101,20 +123,23 @@ class PartitionReplica:
 
     async def execute_batch(self, client: str, seq: int, calls: list[tuple[str, tuple]],
                             request_id: str | None = None) -> tuple[list[Any], dict[int, OhmError], OhmError | None]:
-        await self.sequencer.turn(client, seq)
-        refusal = self._refuse_unless_leader()
-        if refusal is not None:
-            return [], {}, refusal
-        if request_id is not None:
-            first = self.core.recall(request_id)
-            if first is not None:  # a retry: the first outcome, never a second execution
-                results, errors = runtime.loads(first)
-                batch_error = await self._replicated(self.log.written_lsn)
-                return ([], {}, batch_error) if batch_error is not None else (results, errors, None)
-        try:
-            out = self.core.execute_batch(calls)
-        except OhmError as err:
-            return [], {}, err
+        await self.sequencer.turn(client, seq, hold=True)
+        try:  # the client's next batch starts once this one has executed (it may wait for a lock)
+            refusal = self._refuse_unless_leader()
+            if refusal is not None:
+                return [], {}, refusal
+            if request_id is not None:
+                first = self.core.recall(request_id)
+                if first is not None:  # a retry: the first outcome, never a second execution
+                    results, errors = runtime.loads(first)
+                    batch_error = await self._replicated(self.log.written_lsn)
+                    return ([], {}, batch_error) if batch_error is not None else (results, errors, None)
+            try:
+                out = await self._execute_waiting(calls)
+            except OhmError as err:
+                return [], {}, err
+        finally:
+            self.sequencer.done(client, seq)
         if request_id is not None:
             outcome = runtime.dumps((out.results, out.errors))
             out.redo.append(RedoRecord(0, REQUEST, "", request_id, {"outcome": outcome}))
@@ -124,16 +149,57 @@ class PartitionReplica:
             return [], {}, batch_error
         return out.results, out.errors, None
 
-    async def run_fragment(self, client: str, seq: int, fragment: Callable[..., Any], args: tuple) -> tuple[Any, OhmError | None]:
-        await self.sequencer.turn(client, seq)
-        refusal = self._refuse_unless_leader()
-        if refusal is not None:
-            return None, refusal
-        result = self.core.run_fragment(fragment, args)
-        err = await self._make_durable([])  # reads only what is durable (sync mode)
-        if err is not None:
-            return None, err
-        return (None, result.error) if is_failure(result) else (result, None)
+    async def _execute_waiting(self, calls: list[tuple[str, tuple]]) -> BatchOutcome:
+        """Run a batch; a transaction that touches a key an open MP txn holds waits for it to end.
+
+        What ran before it is written (not yet awaited) first, so anything
+        reading those writes meanwhile waits for their durability too.
+        """
+        out = self.core.execute_batch(calls)
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while out.blocked_at is not None:
+            start, holder = out.blocked_at, out.blocked_by
+            try:
+                self._write(out.redo)
+            except (segments.LogWriteFailed, ValueError) as exc:
+                raise self._log_failed(exc) from None
+            out.redo = []
+            if not await self._await_end(holder, deadline):
+                for i in range(start, len(calls)):
+                    out.errors[i] = Timeout(
+                        f"partition {self.core.partition_id}: waited {LOCK_WAIT_S} s for multi-partition txn "
+                        f"{holder} to release a key this transaction needs; it did not run",
+                        partition=self.core.partition_id, txn=holder)
+                out.blocked_at = None
+                break
+            rest = self.core.execute_batch(calls[start:])
+            out.results[start:] = rest.results
+            out.errors.update({start + i: e for i, e in rest.errors.items()})
+            out.redo, out.blocked_at = rest.redo, None if rest.blocked_at is None else start + rest.blocked_at
+            out.blocked_by = rest.blocked_by
+        return out
+
+    async def _await_end(self, txn: int, deadline: float) -> bool:
+        """Wait until MP txn ``txn`` is no longer open here (False at the deadline)."""
+        while txn in self.core.mp.open:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._release_event().wait(), timeout=left)
+            except asyncio.TimeoutError:
+                return False
+        return True
+
+    def _release_event(self) -> asyncio.Event:
+        if self._released is None:
+            self._released = asyncio.Event()
+        return self._released
+
+    def _wake_lock_waiters(self) -> None:
+        event, self._released = self._released, None
+        if event is not None:
+            event.set()
 
     async def load(self, client: str, seq: int, table: str, rows: list[dict[str, Any]]) -> tuple[int, OhmError | None]:
         await self.sequencer.turn(client, seq)
@@ -157,12 +223,16 @@ class PartitionReplica:
             await asyncio.sleep(0.005)
         return self.last_snapshot or {}
 
+    def _write(self, redo: list) -> None:
+        """Append to the log and ship to every follower, without waiting."""
+        encoded = self.log.append(redo, self.epoch)
+        if encoded is not None:
+            self._ship(*encoded)
+
     async def _make_durable(self, redo: list) -> OhmError | None:
         """Write, ship to every follower, and wait until all of it is durable everywhere."""
         try:
-            encoded = self.log.append(redo, self.epoch)
-            if encoded is not None:
-                self._ship(*encoded)
+            self._write(redo)
             target = self.log.written_lsn  # this batch and everything it may have read
             await self.log.durable(target)
         except (segments.LogWriteFailed, ValueError) as exc:
@@ -265,6 +335,10 @@ class PartitionReplica:
         if epoch < self.epoch:
             return {"error": StaleEpoch(f"configure from epoch {epoch}; this replica is at {self.epoch}", epoch=self.epoch)}
         self.epoch, self.role, self.leader_name = epoch, role, leader_name
+        if role == LEADER and self.core.mp.pending:
+            adopted = self.core.mp.adopt(time.monotonic())
+            log.info("leader of epoch %d holds %d prepared txn(s) until their decision: %s", epoch, len(adopted), adopted)
+            self._ensure_mp_timer()
         self.followers = {name: handle for name, (handle, _) in followers.items()} if role == LEADER else {}
         known = dict(self.acks.acked)
         self.acks.acked = {name: max(known.get(name, 0), lsn) for name, (_, lsn) in followers.items()} if role == LEADER else {}
@@ -338,7 +412,7 @@ class PartitionReplica:
         lsn = self.log.written_lsn
         tables = {name_: pa.Table.from_pylist(rows, schema=self.core.schema.tables[name_].schema)
                   for name_, rows in self.core.state_copy().items()}
-        requests = list(self.core.requests.items())
+        requests = self.core.kept_entries()
         rows = sum(t.num_rows for t in tables.values())
         answer = await runtime.get_async(runtime.submit(handle, "install", self.epoch, self.leader_name, lsn, tables, requests),
                                          what=f"install on {name}")
@@ -376,9 +450,7 @@ class PartitionReplica:
             _move_aside(self.directory)
             write_snapshot(os.path.join(self.directory, SNAPSHOT_DIR), self.core.schema, lsn, epoch, rows, requests)
         self.core.restore(rows)
-        self.core.requests.clear()
-        for request_id, outcome in requests:
-            self.core.remember(request_id, outcome)
+        self.core.restore_entries(requests)
         self.log = self._open_log(lsn + 1)
         self._bytes_at_snapshot = 0
         self.installs += 1
@@ -424,6 +496,153 @@ class PartitionReplica:
             if future.done():
                 self._lsn_waiters.pop(first, None)
 
+    # -- multi-partition transactions: the participant side of two-phase commit ---------------
+    # Not ordered by the sequencer: fragments of different txns must not queue behind one that
+    # waits for a lock; the coordinator sends a txn's own steps one after another.
+
+    async def mp_ops(self, ops: list[tuple]) -> list[tuple] | OhmError:
+        """Run a coordinator's batch of 2PC steps; answers in order, once their records are durable."""
+        refusal = self._refuse_unless_leader()
+        if refusal is not None:
+            return refusal
+        self._ensure_mp_timer()
+        t0 = time.perf_counter()
+        now = time.monotonic()
+        records: list = []
+        answers = [self._mp_op(op, now, records) for op in ops]
+        if any(op[0] != "fragment" for op in ops):
+            self._wake_lock_waiters()
+        t1 = time.perf_counter()
+        if not records and not any(op[0] == "fragment" and op[5] for op in ops):
+            return answers  # fragments of writing txns: their PREPARE's durability covers what they read
+        err = await self._make_durable(records)
+        self.mp_timing["calls"] += 1
+        self.mp_timing["run_s"] += t1 - t0
+        self.mp_timing["durable_s"] += time.perf_counter() - t1
+        return err if err is not None else answers
+
+    def _mp_op(self, op: tuple, now: float, records: list) -> tuple:
+        kind, txn = op[0], op[1]
+        mp = self.core.mp
+        if kind == "fragment":
+            return self._fragment_answer(self.core.run_fragment_mp(txn, op[2], op[3], op[4], now, op[5]), txn)
+        if kind == "prepare":
+            yes, recs, why = mp.prepare(txn, tuple(op[2]), op[3], now)
+            records += recs
+            return ("vote", yes, why)
+        if kind == "decide":
+            if self._drop_decisions:
+                return ("dropped",)  # test hook: as if the message were lost
+            records += mp.commit(txn) if op[2] == OUTCOME_COMMIT else mp.abort(txn)
+            return ("done",)
+        if kind == "release":
+            records += mp.release(txn)
+            return ("done",)
+        if kind == "log_decision":
+            recorded, recs = mp.log_decision(txn, op[2], tuple(op[3]), op[4], op[5])
+            records += recs
+            return ("recorded", recorded)
+        if kind == "recorded":
+            return ("recorded", mp.recorded(txn))
+        if kind == "recall":  # txn is a request id here: the reply its holder logged with a commit
+            return ("recalled", self.core.recall(txn))
+        return ("err", InvalidArguments(f"unknown 2PC step {kind!r}", step=repr(kind)))
+
+    def _fragment_answer(self, out: Any, txn: int) -> tuple:
+        if out.conflict is not None and out.conflict.verdict == LOCK_WAIT:
+            return ("wait", out.conflict.holders)
+        if out.conflict is not None:
+            return ("err", LockConflict(
+                f"txn {txn}: partition {self.core.partition_id} key held by older txn(s) "
+                f"{list(out.conflict.holders)}; wait-die: the younger restarts", txn=txn,
+                holders=list(out.conflict.holders)), out.wrote)
+        if out.error is not None:
+            return ("err", out.error, out.wrote)
+        return ("ok", out.result, out.wrote)
+
+    async def mp_fragment_wait(self, step: tuple) -> tuple | OhmError:
+        """Run a fragment step that must wait for younger txns' locks (wait-die: it is older): wait here, bounded."""
+        _, txn, priority, fragment, args, read_only = step
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            refusal = self._refuse_unless_leader()
+            if refusal is not None:
+                return refusal
+            out = self.core.run_fragment_mp(txn, priority, fragment, args, time.monotonic(), read_only)
+            answer = self._fragment_answer(out, txn)
+            if answer[0] != "wait":
+                break
+            if not await self._await_any_end(deadline):
+                return ("err", LockConflict(f"txn {txn}: waited {LOCK_WAIT_S} s for txn(s) {list(answer[1])} on "
+                                            f"partition {self.core.partition_id}", txn=txn), False)
+        err = await self._make_durable([])
+        return err if err is not None else answer
+
+    async def _await_any_end(self, deadline: float) -> bool:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        try:
+            await asyncio.wait_for(self._release_event().wait(), timeout=left)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def mp_recover(self, before_txn: int) -> dict[str, Any] | OhmError:
+        """A restarted coordinator: abort RUNNING txns it forgot; list the prepared ones and their outcomes."""
+        refusal = self._refuse_unless_leader()
+        if refusal is not None:
+            return refusal
+        aborted = self.core.mp.abort_running(before_txn)
+        if aborted:
+            self._wake_lock_waiters()
+        mp = self.core.mp
+        return {"aborted": aborted, "in_doubt": mp.in_doubt(), "recorded": dict(mp.decisions)}
+
+    def _ensure_mp_timer(self) -> None:
+        if self._mp_timer is None or self._mp_timer.done():
+            self._mp_timer = asyncio.ensure_future(self._mp_timer_loop())
+
+    async def _mp_timer_loop(self) -> None:
+        """Settle MP txns a coordinator left behind: abort idle RUNNING ones, resolve old PREPARED ones."""
+        while True:
+            await asyncio.sleep(MP_CHECK_INTERVAL_S)
+            if self.role != LEADER or not self.core.mp.open:
+                continue
+            running, doubt = self.core.mp.expired(time.monotonic(), MP_RUNNING_IDLE_S, MP_IN_DOUBT_S)
+            for txn in running:
+                log.warning("txn %d idle for %.0f s with no vote given: aborted here", txn, MP_RUNNING_IDLE_S)
+                self.core.mp.abort(txn)
+            if running:
+                self._wake_lock_waiters()
+            for t in doubt:
+                try:
+                    await self._settle_in_doubt(t)
+                except Exception as exc:  # keep the loop alive: the next round asks again
+                    log.warning("in-doubt txn %d not settled yet: %s", t.txn, exc)
+
+    async def _settle_in_doubt(self, t: Any) -> None:
+        """Ask the holder to record abort (first writer wins) and carry out what it recorded."""
+        log.warning("txn %d prepared for over %.0f s: asking holder partition %s", t.txn, MP_IN_DOUBT_S, t.holder)
+        step = ("log_decision", t.txn, OUTCOME_ABORT, t.participants, None, None)
+        if t.holder == self.core.partition_id:
+            answer = await self.mp_ops([step])
+        else:
+            supervisor = runtime.find(supervisor_name(self.cluster))
+            routing = await runtime.get_async(runtime.submit(supervisor, "routing"), what="routing")
+            holder = routing["leaders"][t.holder]
+            answer = await runtime.get_async(runtime.submit(holder, "mp_ops", [step]), what="log_decision")
+        if isinstance(answer, OhmError):
+            raise answer
+        outcome = answer[0][1]
+        if t.txn in self.core.mp.open:
+            records = self.core.mp.commit(t.txn) if outcome == OUTCOME_COMMIT else self.core.mp.abort(t.txn)
+            self._wake_lock_waiters()
+            err = await self._make_durable(records)
+            if err is not None:
+                raise err
+        log.warning("txn %d settled by its holder: %s", t.txn, outcome)
+
     # -- snapshots ------------------------------------------------------------------------
 
     def _maybe_snapshot(self) -> None:
@@ -441,7 +660,7 @@ class PartitionReplica:
             return self._snapshot_thread
         started = time.perf_counter()
         state = self.core.state_copy()
-        requests = list(self.core.requests.items())
+        requests = self.core.kept_entries()
         lsn = self.log.written_lsn
         copy_s = time.perf_counter() - started
         self._bytes_at_snapshot = self.log.writer.bytes_written if self.log.writer else 0
@@ -481,6 +700,14 @@ class PartitionReplica:
         return {"partition": self.core.partition_id, "replica": self.replica, "epoch": self.epoch, "role": self.role,
                 "written_lsn": self.log.written_lsn, "log_failed": self.log.failed is not None}
 
+    async def digest(self) -> dict[str, Any]:
+        """A fingerprint of the committed rows (open MP txns' writes left out), for replica comparisons."""
+        state = self.core.state_copy()
+        rows = {name: sorted(repr(sorted(r.items())) for r in table) for name, table in state.items()}
+        return {"role": self.role, "rows": hashlib.sha256(repr(sorted(rows.items())).encode()).hexdigest(),
+                "counts": {name: len(t) for name, t in state.items()}, "mp_open": len(self.core.mp.open),
+                "mp_pending": len(self.core.mp.pending), "written_lsn": self.log.written_lsn}
+
     async def halt(self, reason: str | None) -> bool:
         """Stop (reason given) or resume (None) taking transactions: the minority rule."""
         self.halted = reason
@@ -498,6 +725,8 @@ class PartitionReplica:
             "uptime_s": round(time.time() - self.started_at, 3),
             "rows": self.core.row_counts(),
             **self.core.counters(),
+            **self.core.mp.counters(),
+            "mp_timing": self.mp_timing,
             "durability": self.log.mode,
             "written_lsn": self.log.written_lsn,
             "durable_lsn": self.log.durable_lsn,
@@ -511,7 +740,11 @@ class PartitionReplica:
         }
 
     async def inject_fault(self, kind: str) -> bool:
-        """Test hook: make the next fsync fail (``kind='fsync'``), as a full disk would."""
+        """Test hook: make the next fsync fail (``kind='fsync'``), as a full disk would; or lose every
+        2PC decision sent here (``kind='drop-decisions'``), so prepared txns stay in doubt."""
+        if kind == "drop-decisions":
+            self._drop_decisions = True
+            return True
         if kind != "fsync" or self.log.writer is None:
             return False
 

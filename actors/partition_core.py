@@ -31,6 +31,8 @@ from actors.errors import (
     BatchTooLarge, DuplicateKey, InvalidArguments, KeyNotFound, OhmError, ProcedureFailed,
     ReadOnlyViolation, SchemaViolation, UnknownProcedure, UserAbort, WrongPartition,
 )
+from actors.locks import Conflict
+from actors.participant import TXN_STATE_ID, OpenTxn, Participant, is_mp_txn
 from actors.routing import partition_of
 from actors.schema import Schema, Table
 from recovery.redo import DELETE, INSERT, REQUEST, UPDATE, RedoRecord, apply_record
@@ -47,21 +49,57 @@ REQUESTS_KEPT_MAX = 100_000
 
 @dataclass
 class BatchOutcome:
-    """Results of one batch: ``results[i]`` or ``errors[i]`` for each transaction."""
+    """Results of one batch: ``results[i]`` or ``errors[i]`` for each transaction.
+
+    ``blocked_at`` is set when transaction ``blocked_at`` touched a key that
+    the open MP txn ``blocked_by`` holds: it and the ones after it did not run
+    (their slots are empty); the shell runs them once that txn has ended.
+    """
 
     results: list[Any]
     errors: dict[int, OhmError]
     redo: list[RedoRecord] = field(default_factory=list)
+    blocked_at: int | None = None
+    blocked_by: int | None = None
+
+
+@dataclass
+class FragmentOutcome:
+    """A fragment of an MP txn: its result, or its error, or the lock conflict that stopped it."""
+
+    result: Any = None
+    error: OhmError | None = None
+    conflict: Conflict | None = None
+    wrote: bool = False
+
+
+class Blocked(BaseException):
+    """An SP transaction touched a key an open MP txn holds (BaseException: user code cannot swallow it)."""
+
+    def __init__(self, txn: int) -> None:
+        super().__init__(txn)
+        self.txn = txn
+
+
+class LockWait(BaseException):
+    """A fragment cannot have a lock now (BaseException: user code cannot swallow it)."""
+
+    def __init__(self, conflict: Conflict) -> None:
+        super().__init__(conflict)
+        self.conflict = conflict
 
 
 class TxContext:
     """What a procedure sees: get / insert / update / upsert / delete / scan / abort."""
 
-    __slots__ = ("_core", "_undo", "_redo", "_txn_id", "_read_only", "_ended")
+    __slots__ = ("_core", "_undo", "_undo_mark", "_redo", "_txn_id", "_read_only", "_ended", "_mp")
 
-    def __init__(self, core: "PartitionCore", txn_id: int, redo: list[RedoRecord], read_only: bool) -> None:
+    def __init__(self, core: "PartitionCore", txn_id: int, redo: list[RedoRecord], read_only: bool,
+                 mp: OpenTxn | None = None) -> None:
         self._core = core
-        self._undo: list[tuple[dict, Any, dict | None]] = []
+        self._mp = mp  # the open MP txn this fragment runs in (its undo spans all its fragments)
+        self._undo: list[tuple[str, dict, Any, dict | None]] = [] if mp is None else mp.undo
+        self._undo_mark = len(self._undo)
         self._redo = redo
         self._txn_id = txn_id
         self._read_only = read_only
@@ -82,12 +120,14 @@ class TxContext:
         """The row with this primary key, as a new dict, or None."""
         t, rows = self._core._table(table)
         key = self._core._own_key(t, key)
+        self._guard_key(t, key, write=False)
         row = rows.get(key)
         return None if row is None else t.copy_row(row)
 
     def scan(self, table: str, predicate: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
         """Every row of ``table`` in this partition (that satisfies ``predicate``)."""
         t, rows = self._core._table(table)
+        self._guard_table(t)
         copies = (t.copy_row(r) for r in rows.values())
         if predicate is None:
             return list(copies)
@@ -95,7 +135,9 @@ class TxContext:
 
     def count(self, table: str) -> int:
         """Rows of ``table`` in this partition."""
-        return len(self._core._table(table)[1])
+        t, rows = self._core._table(table)
+        self._guard_table(t)
+        return len(rows)
 
     # -- writes -----------------------------------------------------------------
 
@@ -104,6 +146,7 @@ class TxContext:
         t, rows = self._writable(table)
         clean = t.check_row(row)
         key = self._core._own_key(t, t.key_of(clean))
+        self._guard_key(t, key, write=True)
         if key in rows:
             raise DuplicateKey(f"table {table!r}: duplicate primary key {key!r}", table=table, key=repr(key))
         self._write(t.name, rows, key, clean, INSERT)
@@ -112,6 +155,7 @@ class TxContext:
         """Change some columns of an existing row; KeyNotFound if it is missing."""
         t, rows = self._writable(table)
         key = self._core._own_key(t, key)
+        self._guard_key(t, key, write=True)
         old = rows.get(key)
         if old is None:
             raise KeyNotFound(f"table {table!r}: no row with key {key!r} to update", table=table, key=repr(key))
@@ -124,12 +168,14 @@ class TxContext:
         t, rows = self._writable(table)
         clean = t.check_row(row)
         key = self._core._own_key(t, t.key_of(clean))
+        self._guard_key(t, key, write=True)
         self._write(t.name, rows, key, clean, UPDATE if key in rows else INSERT)
 
     def delete(self, table: str, key: Any) -> None:
         """Delete an existing row; KeyNotFound if it is missing."""
         t, rows = self._writable(table)
         key = self._core._own_key(t, key)
+        self._guard_key(t, key, write=True)
         if key not in rows:
             raise KeyNotFound(f"table {table!r}: no row with key {key!r} to delete", table=table, key=repr(key))
         self._write(t.name, rows, key, None, DELETE)
@@ -146,16 +192,39 @@ class TxContext:
         t, rows = self._core._table(table)
         if self._read_only:
             raise ReadOnlyViolation(f"table {table!r}: this transaction is read-only", table=table)
-        if t.replicated:
+        if t.replicated and self._mp is None:
             raise ReadOnlyViolation(
-                f"table {table!r} is replicated and read-only after load "
-                "(writes to replicated tables need the two-phase-commit coordinator)",
+                f"table {table!r} is replicated: only a multi-partition procedure can write it "
+                "(tx.run_all(fragment) in @procedure(multi_partition=True)), so every copy changes together",
                 table=table,
             )
         return t, rows
 
+    def _guard_key(self, t: Table, key: Any, write: bool) -> None:
+        """Lock the key (MP fragment) or check no open MP txn holds it (SP transaction)."""
+        locks = self._core.mp.locks
+        if self._mp is not None:
+            conflict = locks.lock_key(self._mp.txn, self._mp.priority, t.name, key, write)
+            if conflict is not None:
+                raise LockWait(conflict)
+        elif locks:
+            holder = locks.sp_blocker(t.name, key, write)
+            if holder is not None:
+                raise Blocked(holder)
+
+    def _guard_table(self, t: Table) -> None:
+        locks = self._core.mp.locks
+        if self._mp is not None:
+            conflict = locks.lock_table(self._mp.txn, self._mp.priority, t.name)
+            if conflict is not None:
+                raise LockWait(conflict)
+        elif locks:
+            holder = locks.sp_table_blocker(t.name)
+            if holder is not None:
+                raise Blocked(holder)
+
     def _write(self, table: str, rows: dict, key: Any, row: dict | None, op: str) -> None:
-        self._undo.append((rows, key, rows.get(key)))
+        self._undo.append((table, rows, key, rows.get(key)))
         if row is None:
             del rows[key]
         else:
@@ -163,12 +232,12 @@ class TxContext:
         self._redo.append(RedoRecord(self._txn_id, op, table, key, row))
 
     def _rollback(self, redo_mark: int) -> None:
-        for rows, key, old in reversed(self._undo):
+        for _table, rows, key, old in reversed(self._undo[self._undo_mark:]):
             if old is None:
                 rows.pop(key, None)
             else:
                 rows[key] = old
-        self._undo.clear()
+        del self._undo[self._undo_mark:]
         del self._redo[redo_mark:]
 
 
@@ -190,6 +259,7 @@ class PartitionCore:
         self.failed = 0    # every other error
         self.fragments = 0  # read-only fragments of multi-partition procedures (not transactions here)
         self.requests: OrderedDict[str, bytes] = OrderedDict()  # request id -> pickled outcome
+        self.mp = Participant(self)  # open / prepared MP txns, their locks, recorded decisions
 
     # -- execution ----------------------------------------------------------------
 
@@ -208,7 +278,11 @@ class PartitionCore:
                 out.errors[i] = InvalidArguments(f"call {i} is not a (procedure, args) pair: {call!r}", index=i)
                 self.failed += 1
                 continue
-            result = self.execute(name, args, out.redo)
+            try:
+                result = self.execute(name, args, out.redo)
+            except Blocked as blocked:
+                out.blocked_at, out.blocked_by = i, blocked.txn
+                return out
             if isinstance(result, _Failure):
                 out.errors[i] = result.error
             else:
@@ -242,14 +316,38 @@ class PartitionCore:
         return self._count(self._run(proc.name, proc.func, args, redo, proc.read_only))
 
     def run_fragment(self, fragment: Callable[..., Any], args: tuple) -> Any:
-        """Run a read-only fragment of a multi-partition procedure; _Failure on error."""
+        """Run a read-only fragment outside any MP txn (a scatter read); _Failure on error.
+
+        It does not wait for open MP txns: a key one of them holds raises Blocked.
+        """
         self.fragments += 1
         return self._run(getattr(fragment, "__name__", "fragment"), fragment, tuple(args), [], read_only=True)
+
+    def run_fragment_mp(self, txn: int, priority: int, fragment: Callable[..., Any], args: tuple,
+                        now_s: float, read_only: bool = False) -> FragmentOutcome:
+        """Run a fragment inside the open MP txn ``txn``, taking locks; a failed fragment is undone alone."""
+        self.fragments += 1
+        try:
+            open_txn = self.mp.enter(txn, priority, now_s)
+        except OhmError as err:
+            return FragmentOutcome(error=err)
+        tx = TxContext(self, txn, open_txn.redo, read_only=read_only, mp=open_txn)
+        try:
+            result = self._call(getattr(fragment, "__name__", "fragment"), fragment, tuple(args), tx)
+        except LockWait as wait:
+            return FragmentOutcome(conflict=wait.conflict, wrote=open_txn.wrote)
+        if isinstance(result, _Failure):
+            return FragmentOutcome(error=result.error, wrote=open_txn.wrote)
+        return FragmentOutcome(result=result, wrote=open_txn.wrote)
 
     def _run(self, name: str, func: Callable[..., Any], args: tuple, redo: list[RedoRecord], read_only: bool) -> Any:
         """Run ``func(tx, *args)`` atomically: its result, or _Failure after a full rollback."""
         self.txn_seq += 1
         tx = TxContext(self, (self.partition_id << TXN_SEQ_BITS) | self.txn_seq, redo, read_only)
+        return self._call(name, func, args, tx)
+
+    def _call(self, name: str, func: Callable[..., Any], args: tuple, tx: TxContext) -> Any:
+        redo = tx._redo
         mark = len(redo)
         try:
             return func(tx, *args)
@@ -297,18 +395,37 @@ class PartitionCore:
             self.tables[name] = {t.key_of(r): r for r in rows_by_table.get(name, [])}
 
     def state_copy(self) -> dict[str, list[dict[str, Any]]]:
-        """A consistent copy of all rows, cheap: stored rows are never mutated in place."""
-        return {name: list(rows.values()) for name, rows in self.tables.items()}
+        """A consistent copy of the committed rows, cheap: stored rows are never mutated in place.
+
+        Writes of open MP txns are left out (their before-images stand in).
+        """
+        return self.mp.clean_tables({name: list(rows.values()) for name, rows in self.tables.items()})
+
+    def kept_entries(self) -> list[tuple[str, bytes]]:
+        """What a snapshot or a rebuilt replica keeps besides rows: request outcomes and the 2PC state."""
+        return [*self.requests.items(), (TXN_STATE_ID, self.mp.state())]
+
+    def restore_entries(self, entries: Iterable[tuple[str, bytes]]) -> None:
+        """Take back what ``kept_entries`` gave (a snapshot being loaded, a rebuild)."""
+        self.requests.clear()
+        for key, value in entries:
+            if key == TXN_STATE_ID:
+                self.mp.restore(value)
+            else:
+                self.remember(key, value)
 
     def apply_redo(self, records: Iterable[RedoRecord]) -> None:
         """Apply redo records produced by a leader (follower / recovery path)."""
         mask = (1 << TXN_SEQ_BITS) - 1
         for rec in records:
+            if self.mp.apply(rec):
+                continue
             if rec.op == REQUEST:
                 self.remember(rec.key, rec.row["outcome"])
                 continue
             apply_record(self.tables, rec)
-            self.txn_seq = max(self.txn_seq, rec.txn_id & mask)  # a promoted follower numbers on from here
+            if not is_mp_txn(rec.txn_id):
+                self.txn_seq = max(self.txn_seq, rec.txn_id & mask)  # a promoted follower numbers on from here
 
     def remember(self, request_id: str, outcome: bytes) -> None:
         """Keep a request's outcome for retries (bounded: the oldest are forgotten)."""

@@ -78,7 +78,8 @@ def _remote_class(cls: type) -> Any:
     return _remote_classes[cls]
 
 
-def spawn(cls: type, name: str, *args: Any, node_id: str | None = None, max_restarts: int = 0) -> Any:
+def spawn(cls: type, name: str, *args: Any, node_id: str | None = None, max_restarts: int = 0,
+          max_concurrency: int | None = None) -> Any:
     """Create the named, detached actor ``cls(*args)``; return its handle.
 
     Raises ValueError when an actor of that name exists.
@@ -87,6 +88,8 @@ def spawn(cls: type, name: str, *args: Any, node_id: str | None = None, max_rest
         name=name, namespace=NAMESPACE, lifetime="detached", num_cpus=ACTOR_CPUS,
         max_restarts=max_restarts, max_task_retries=0,
     )
+    if max_concurrency is not None:  # a threaded actor: this many calls at once in its default group
+        options["max_concurrency"] = max_concurrency
     if node_id is not None:
         # Strict: replicas of one partition must not share a node because a scheduler preferred it.
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False,

@@ -17,8 +17,9 @@ the argument count and, through simple annotations (``int``, ``str``,
 ``float``, ``bool``, ``bytes``, ``list``, ``dict``, ``tuple``, ``X | None``),
 the argument types checked before the body runs.  ``partition_by`` names the
 argument that routes a single-partition procedure.  ``multi_partition=True``
-procedures reach partitions through ``tx.run`` / ``tx.run_all``; until the
-two-phase-commit coordinator exists they must be ``read_only``.
+procedures run on the coordinator and reach partitions through ``tx.run`` /
+``tx.run_many`` / ``tx.run_all`` inside one serializable transaction
+(two-phase commit); ``read_only=True`` ones are consistent reads.
 """
 
 from __future__ import annotations
@@ -385,8 +386,11 @@ def procedure(
     """Register ``func(tx, *args)`` as a stored procedure.
 
     ``@procedure(partition_by="arg")`` routes each call to the partition owning
-    that argument's value.  ``@procedure(multi_partition=True, read_only=True)``
-    runs fragments on partitions through ``tx.run`` / ``tx.run_all``.
+    that argument's value.  ``@procedure(multi_partition=True)`` runs on the
+    coordinator: fragments run on partitions through ``tx.run(key, fragment,
+    *args)`` / ``tx.run_many([...])`` / ``tx.run_all(fragment, *args)`` inside
+    one transaction, committed by two-phase commit (``read_only=True``: a
+    consistent read, no commit round).
     """
 
     def wrap(f: Callable[..., Any]) -> Procedure:
@@ -454,12 +458,6 @@ class Schema:
                 )
             if p.name in self.procedures:
                 raise InvalidConfig(f"duplicate procedure name {p.name!r}", procedure=p.name)
-            if p.multi_partition and not p.read_only:
-                raise InvalidConfig(
-                    f"procedure {p.name!r}: multi-partition writes need the two-phase-commit coordinator, "
-                    "which this version does not have yet; declare read_only=True",
-                    procedure=p.name,
-                )
             self.procedures[p.name] = p
         if not self.tables:
             raise InvalidConfig("a schema needs at least one table")

@@ -32,8 +32,12 @@ class Sequencer:
         self._waiting: dict[tuple[str, int], asyncio.Future] = {}
         self.gaps = 0
 
-    async def turn(self, client: str, seq: int) -> None:
-        """Wait until ``seq`` is ``client``'s next call, then mark it started."""
+    async def turn(self, client: str, seq: int, hold: bool = False) -> None:
+        """Wait until ``seq`` is ``client``'s next call, then mark it started.
+
+        With ``hold`` the client's next call waits until ``done(client, seq)``
+        (a call that may itself wait, yet must finish executing before the next).
+        """
         expected = self._next.get(client, 0)
         if seq > expected:
             future = asyncio.get_running_loop().create_future()
@@ -46,6 +50,11 @@ class Sequencer:
                             client, seq, self.wait_s, self._next.get(client, 0))
             finally:
                 self._waiting.pop((client, seq), None)
+        if not hold:
+            self._started(client, seq)
+
+    def done(self, client: str, seq: int) -> None:
+        """A held call finished executing: the client's next call may start."""
         self._started(client, seq)
 
     def _started(self, client: str, seq: int) -> None:

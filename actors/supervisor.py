@@ -54,6 +54,7 @@ from actors.errors import ActorDied, OhmError
 from actors.partition_actor import PartitionReplica
 from actors.schema import Schema
 from actors.watch import FaultEvent, Target, WatchSettings, Watcher
+from actors.coordinator_keeper import CoordinatorKeeper
 from actors.watchdog import WATCHDOG_NOTE_KEY, NodeProbe, Watchdog, probe_name, watchdog_name
 from recovery.cluster_map import (
     DEAD, FOLLOWER, LEADER, SERVING, STARTING, ClusterMap, ReplicaInfo, replica_name, trusted_nodes,
@@ -114,6 +115,7 @@ class Supervisor:
         self._kept: set[str] = set()  # failing last replicas left in place (reported once)
         self._faults: queue.Queue[FaultEvent] = queue.Queue(maxsize=FAULT_QUEUE_MAX)
         self.watchdog: Any = None
+        self.coordinator = CoordinatorKeeper(self.config, schema)
         self.watcher: Watcher | None = None
         self._crash_at: str | None = None      # test hook: die at this recovery phase
         if self.restarted:
@@ -144,6 +146,8 @@ class Supervisor:
             self._configure_partition(p, held)
         with self._lock:
             self._publish()
+        log.info("phase=coordinator cluster=%s", cfg.name)
+        self.coordinator.ensure()
         self._start_watching(set(nodes))
         log.info("phase=serving cluster=%s", cfg.name)
         return self.map.to_dict()
@@ -238,6 +242,9 @@ class Supervisor:
             ident = self._watchdog_identity
             name = watchdog_name(self.config.name)
             out[name] = Target(name, self.watchdog, "watchdog", None, ident["node_id"], ident["pid"])
+        coordinator = self.coordinator.target()
+        if coordinator is not None:
+            out[coordinator.name] = coordinator
         return out
 
     def _enqueue(self, event: FaultEvent) -> None:
@@ -278,6 +285,8 @@ class Supervisor:
             self._suspect_nodes[event.node_id] = event.detected_at
         if watchdog_name(self.config.name) in event.names:
             return self._replace_watchdog(event)
+        if self.coordinator.name in event.names:
+            return self.coordinator.replace(event, self.book)
         probes = [n for n in event.names if n.startswith(f"{self.config.name}:probe:")]
         if probes:
             self._probes_lost(event, probes)
@@ -668,6 +677,7 @@ class Supervisor:
             self._publish()
             report.mark_available(time.time())
             self.book.save(report)
+        self.coordinator.ensure()
         log.warning("phase=resume-watch cluster=%s", self.config.name)
         self._start_watching({n["node_id"] for n in runtime.alive_nodes()})
         report.act(time.time(), "watching")
@@ -779,7 +789,8 @@ class Supervisor:
                 entry.update(health="ok" if not answer["log_failed"] else "log-failed", **{
                     k: answer[k] for k in ("rows", "committed", "aborted", "failed", "durability", "written_lsn",
                                            "durable_lsn", "fsyncs", "batches_written", "log_failed", "leader",
-                                           "followers", "snapshots_taken", "installs", "last_snapshot", "recovery")
+                                           "followers", "snapshots_taken", "installs", "last_snapshot", "recovery",
+                                           "mp_open", "mp_pending", "mp_committed", "mp_aborted")
                 })
             replicas.append(entry)
         return {
@@ -788,6 +799,7 @@ class Supervisor:
             "partitions": m.partitions,
             "k": m.k,
             "replicas": replicas,
+            "coordinator": self.coordinator.status(),
             "leaders": {p: next((r.actor_name for r in reps if r.partition == p and r.role == LEADER and r.state == SERVING),
                                 None) for p in range(m.partitions)},
             "nodes": runtime.alive_nodes(),
@@ -805,6 +817,7 @@ class Supervisor:
             self.watcher.stop()
         if self.watchdog is not None:
             runtime.kill(self.watchdog)
+        self.coordinator.kill()
         for _, handle, _ in list(self.probes.values()):
             runtime.kill(handle)
         m = self._map()

@@ -10,7 +10,9 @@ per table of the schema, named after the table, holding the row's after-image
 (INSERT, UPDATE) or only its primary-key columns (DELETE).  Every other table
 column of that row is null.  A ``REQUEST`` record (table ``""``) closes a
 client's batch: its ``request`` column holds the request id and the pickled
-outcome, so a retry after a failover gets the first outcome.  So a segment is a plain Arrow IPC stream that
+outcome, so a retry after a failover gets the first outcome.  The two-phase-
+commit markers (PREPARE, COMMIT, ABORT, DECISION) use the same column: the
+txn id as text and a JSON payload.  So a segment is a plain Arrow IPC stream that
 pyarrow, DuckDB, Polars or pandas read as is.
 
 Each batch carries custom metadata: ``first_lsn``, ``epoch``, ``records`` and
@@ -31,7 +33,7 @@ import pyarrow as pa
 
 from actors.errors import InvalidConfig
 from actors.schema import Schema, Table
-from recovery.redo import DELETE, OPS, REQUEST, RedoRecord
+from recovery.redo import CONTROL_OPS, DELETE, OPS, RedoRecord
 
 FORMAT_VERSION = "1"
 REQUEST_COLUMN = "request"
@@ -86,7 +88,7 @@ class LogCodec:
         columns: dict[str, list[Any]] = {name: [None] * n for name in self._tables}
         requests: list[Any] = [None] * n
         for i, rec in enumerate(records):
-            if rec.op == REQUEST:
+            if rec.op in CONTROL_OPS:
                 requests[i] = {"id": rec.key, "outcome": rec.row["outcome"]}
                 continue
             image = rec.row if rec.op != DELETE else self._key_image(rec.table, rec.key)
@@ -116,11 +118,11 @@ class LogCodec:
         out = []
         for i in range(batch.num_rows):
             table, op = cols["table"][i], cols["op"][i]
-            if op == REQUEST:
+            if op in CONTROL_OPS:
                 req = cols[REQUEST_COLUMN][i]
                 if req is None:
-                    raise CorruptBatch(f"record lsn={cols['lsn'][i]}: REQUEST without a request")
-                out.append(RedoRecord(cols["txn_id"][i], REQUEST, "", req["id"], {"outcome": req["outcome"]}))
+                    raise CorruptBatch(f"record lsn={cols['lsn'][i]}: {op} without its request column")
+                out.append(RedoRecord(cols["txn_id"][i], op, "", req["id"], {"outcome": req["outcome"]}))
                 continue
             t = self._tables.get(table)
             if t is None or op not in OPS:

@@ -24,7 +24,16 @@ DELETE = "DELETE"
 #: The outcome of a client request (a batch): key = request id, row = {"outcome": pickled bytes}.
 #: Logged with the batch's writes so a retry after a failover finds it on the new leader.
 REQUEST = "REQUEST"
-OPS = (INSERT, UPDATE, DELETE, REQUEST)
+#: Two-phase-commit markers of a multi-partition transaction (key = its txn id as text, row =
+#: {"outcome": JSON payload}).  PREPARE precedes the txn's own records, which followers and recovery
+#: hold back until COMMIT (apply) or ABORT (drop); DECISION is the outcome recorded at the holder.
+PREPARE = "PREPARE"
+COMMIT = "COMMIT"
+ABORT = "ABORT"
+DECISION = "DECISION"
+#: Records that carry no table data: their key and payload travel in the log's ``request`` column.
+CONTROL_OPS = (REQUEST, PREPARE, COMMIT, ABORT, DECISION)
+OPS = (INSERT, UPDATE, DELETE, *CONTROL_OPS)
 
 
 class RedoRecord(NamedTuple):
@@ -37,8 +46,8 @@ class RedoRecord(NamedTuple):
 
 def apply_record(tables: MutableMapping[str, dict[Any, dict[str, Any]]], rec: RedoRecord) -> None:
     """Apply one record to ``tables`` (table name -> key -> row)."""
-    if rec.op == REQUEST:
-        return  # not table data: the partition core remembers it (PartitionCore.apply_redo)
+    if rec.op in CONTROL_OPS:
+        return  # not table data: the partition core handles it (PartitionCore.apply_redo)
     if rec.op == DELETE:
         tables[rec.table].pop(rec.key, None)
     elif rec.op in (INSERT, UPDATE):

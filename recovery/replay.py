@@ -95,8 +95,7 @@ def _load_newest_snapshot(directory: str, core: PartitionCore, report: RecoveryR
             log.warning("skipping snapshot %s: %s", path, exc)
             continue
         core.restore(snap.rows)
-        for request_id, outcome in snap.requests:
-            core.remember(request_id, outcome)
+        core.restore_entries(snap.requests)
         report.snapshot_lsn = report.last_lsn = snap.lsn
         report.last_epoch = snap.epoch
         report.snapshot = os.path.basename(path)

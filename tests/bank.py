@@ -111,6 +111,37 @@ def credit(tx, account_id: int, seq: int, amount: int) -> int:
     return row["balance"] + amount
 
 
+def _set_city(ftx, code: str, city: str) -> str | None:
+    row = ftx.get("branches", code)
+    if row is None:
+        ftx.abort(f"no branch {code}")
+    ftx.update("branches", code, {"city": city})
+    return row["city"]
+
+
+@procedure(multi_partition=True)
+def move_branch(tx, code: str, city: str) -> str:
+    """A write to a replicated table: every partition's copy changes in one transaction."""
+    return tx.run_all(_set_city, code, city)[0]
+
+
+def _transfer_half(ftx, account_id: int, amount: int) -> int:
+    row = ftx.get("accounts", account_id)
+    if row is None:
+        ftx.abort(f"no account {account_id}")
+    if row["balance"] + amount < 0:
+        ftx.abort(f"insufficient funds in {account_id}")
+    ftx.update("accounts", account_id, {"balance": row["balance"] + amount})
+    return row["balance"] + amount
+
+
+@procedure(multi_partition=True)
+def transfer(tx, src: int, dst: int, amount: int) -> int:
+    """Move money between two accounts on any partitions (two-phase commit when they differ)."""
+    left, _ = tx.run_many([(src, _transfer_half, (src, -amount)), (dst, _transfer_half, (dst, amount))])
+    return left
+
+
 def _dump(tx):
     return {name: tx.scan(name) for name in ("accounts", "entries")}
 
@@ -137,7 +168,7 @@ def schema() -> Schema:
         tables=[accounts, branches, entries],
         procedures=[open_account, deposit, withdraw_then_fail, raw_insert, raw_update, close_account,
                     add_entry, branch_city, rename_branch, touch_other_partition, slow_deposit, burn, credit, dump,
-                    total_balance],
+                    total_balance, move_branch, transfer],
     )
 
 

@@ -95,21 +95,18 @@ def test_schema_rejects_duplicate_procedure_names():
     assert info.value.details == {"procedure": "good_proc"}
 
 
-def test_schema_rejects_multi_partition_writes():
+def test_schema_accepts_multi_partition_writes_and_reads():
     @procedure(multi_partition=True)
     def writer(tx):
         pass
-
-    assert writer.multi_partition and not writer.read_only   # the decorator alone accepts it
-    with pytest.raises(InvalidConfig, match="declare read_only=True") as info:
-        Schema([good_table()], [writer])
-    assert "'writer'" in info.value.message and "two-phase-commit" in info.value.message
 
     @procedure(multi_partition=True, read_only=True)
     def reader(tx):
         pass
 
-    assert list(Schema([good_table()], [reader]).procedures) == ["reader"]
+    assert writer.multi_partition and not writer.read_only
+    assert reader.multi_partition and reader.read_only
+    assert list(Schema([good_table()], [writer, reader]).procedures) == ["writer", "reader"]
 
 
 def test_schema_rejects_non_tables_undecorated_procedures_and_no_tables():
