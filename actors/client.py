@@ -570,6 +570,6 @@ def _destroy(supervisor: Any, name: str) -> None:
     except OhmError:
         pass
     runtime.kill(supervisor)
-    for other in [watchdog_name(name), *runtime.list_names(f"{name}:probe:")]:  # normally gone already
+    for other in [watchdog_name(name), coordinator_name(name), *runtime.list_names(f"{name}:probe:")]:  # normally gone
         runtime.kill(runtime.find(other))
     runtime.wait_gone(supervisor_name(name), CONNECT_TIMEOUT_S)

@@ -62,11 +62,13 @@ from recovery.cluster_map import supervisor_name
 log = logging.getLogger("ohmdb.coordinator")
 
 #: Worker threads running MP procedures at once (each holds one open transaction).
-MP_THREADS = 64
+MP_THREADS = 128
 #: Ray calls the coordinator accepts at once (each a client's batch).
 COORDINATOR_CALLS_MAX = 32
-#: 2PC steps sent to one partition in one call.
+#: 2PC steps sent to one partition in one call, and calls in flight per lane (see ``_Lane``).
 LINK_OPS_PER_CALL_MAX = 512
+FAST_LANE_CALLS_IN_FLIGHT = 1
+LOG_LANE_CALLS_IN_FLIGHT = 1
 #: Steps waiting per partition before senders block (bounded queue).
 LINK_QUEUE_MAX = 20_000
 #: Wait-die head start of read-only MP txns (txn ids count microseconds).
@@ -214,13 +216,14 @@ class _Lane:
     queue behind a replication round.
     """
 
-    def __init__(self, coordinator: "Coordinator", partition: int, name: str) -> None:
+    def __init__(self, coordinator: "Coordinator", partition: int, name: str, calls_in_flight: int) -> None:
         self.c = coordinator
         self.partition = partition
         self.queue: collections.deque = collections.deque()
         self.cond = threading.Condition()
         self.stats = {"calls": 0, "ops": 0, "call_s": 0.0}
-        threading.Thread(target=self._loop, name=f"lane-{name}-{partition}", daemon=True).start()
+        for k in range(calls_in_flight):  # each sender has one call in flight
+            threading.Thread(target=self._loop, name=f"lane-{name}-{partition}-{k}", daemon=True).start()
 
     def post(self, op: tuple, deliver: Callable[[Any], None] | None) -> None:
         """Queue ``op``; ``deliver(answer)`` runs on the lane's thread (keep it short, never blocking)."""
@@ -266,8 +269,8 @@ class _Link:
     """A partition's two lanes."""
 
     def __init__(self, coordinator: "Coordinator", partition: int) -> None:
-        self.fast = _Lane(coordinator, partition, "fast")
-        self.log = _Lane(coordinator, partition, "log")
+        self.fast = _Lane(coordinator, partition, "fast", FAST_LANE_CALLS_IN_FLIGHT)
+        self.log = _Lane(coordinator, partition, "log", LOG_LANE_CALLS_IN_FLIGHT)
 
     def post(self, op: tuple, deliver: Callable[[Any], None] | None) -> None:
         fast = (op[0] in FAST_STEPS or (op[0] == "fragment" and not op[5])

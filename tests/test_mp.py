@@ -237,6 +237,27 @@ def test_single_partition_work_on_other_keys_goes_on_while_a_txn_is_in_doubt(ray
         db.shutdown()
 
 
+def test_a_paused_coordinator_is_found_and_replaced(ray_address, tmp_path):
+    """SIGSTOP: Ray still lists it alive; heartbeats find it; it is SIGKILLed and a new one takes over."""
+    db = _bank("test-mp-paused", tmp_path, partitions=2)
+    try:
+        src, dst = _pair(2)
+        pid = db.status()["coordinator"]["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        assert db.call("transfer", src, dst, 7) == START_BALANCE - 7  # the client waits for the new one
+        wait_until(lambda: any(f["kind"] == "coordinator-failure" and f["state"] == "recovered"
+                               for f in db.faults()), timeout_s=60, what="a recovered coordinator-failure report")
+        [report] = [f for f in db.faults() if f["kind"] == "coordinator-failure"]
+        assert report["impact"]["cause"] == "hang" and report["where"]["actors"][0]["pid"] == pid
+        assert db.status()["coordinator"]["pid"] != pid
+        expected = {i: START_BALANCE for i in range(ACCOUNTS)}
+        expected[src] -= 7
+        expected[dst] += 7
+        _check(db, expected)
+    finally:
+        db.shutdown()
+
+
 def test_random_kills_under_load_lose_nothing(ray_address, tmp_path):
     """Transfers from several clients while the coordinator and a partition leader are killed."""
     db = _bank("test-mp-chaos", tmp_path, partitions=2)
