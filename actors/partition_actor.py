@@ -150,34 +150,21 @@ class PartitionReplica:
         return out.results, out.errors, None
 
     async def _execute_waiting(self, calls: list[tuple[str, tuple]]) -> BatchOutcome:
-        """Run a batch; a transaction that touches a key an open MP txn holds waits for it to end.
-
-        What ran before it is written (not yet awaited) first, so anything
-        reading those writes meanwhile waits for their durability too.
-        """
-        out = self.core.execute_batch(calls)
+        """Run a batch; if a transaction touches a key an open MP txn holds, the core undoes the whole
+        batch, and it runs again once that txn has ended (bounded by LOCK_WAIT_S: then nothing ran)."""
         deadline = time.monotonic() + LOCK_WAIT_S
-        while out.blocked_at is not None:
-            start, holder = out.blocked_at, out.blocked_by
-            try:
-                self._write(out.redo)
-            except (segments.LogWriteFailed, ValueError) as exc:
-                raise self._log_failed(exc) from None
-            out.redo = []
-            if not await self._await_end(holder, deadline):
-                for i in range(start, len(calls)):
-                    out.errors[i] = Timeout(
-                        f"partition {self.core.partition_id}: waited {LOCK_WAIT_S} s for multi-partition txn "
-                        f"{holder} to release a key this transaction needs; it did not run",
-                        partition=self.core.partition_id, txn=holder)
-                out.blocked_at = None
-                break
-            rest = self.core.execute_batch(calls[start:])
-            out.results[start:] = rest.results
-            out.errors.update({start + i: e for i, e in rest.errors.items()})
-            out.redo, out.blocked_at = rest.redo, None if rest.blocked_at is None else start + rest.blocked_at
-            out.blocked_by = rest.blocked_by
-        return out
+        while True:
+            out = self.core.execute_batch(calls)
+            if out.blocked_at is None:
+                return out
+            if not await self._await_end(out.blocked_by, deadline):
+                raise LockConflict(
+                    f"partition {self.core.partition_id}: waited {LOCK_WAIT_S} s for multi-partition txn "
+                    f"{out.blocked_by} to release a key transaction {out.blocked_at} of this batch needs; "
+                    "nothing of the batch ran", partition=self.core.partition_id, txn=out.blocked_by)
+            refusal = self._refuse_unless_leader()  # the configuration may have changed while we waited
+            if refusal is not None:
+                raise refusal
 
     async def _await_end(self, txn: int, deadline: float) -> bool:
         """Wait until MP txn ``txn`` is no longer open here (False at the deadline)."""

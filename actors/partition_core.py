@@ -52,8 +52,11 @@ class BatchOutcome:
     """Results of one batch: ``results[i]`` or ``errors[i]`` for each transaction.
 
     ``blocked_at`` is set when transaction ``blocked_at`` touched a key that
-    the open MP txn ``blocked_by`` holds: it and the ones after it did not run
-    (their slots are empty); the shell runs them once that txn has ended.
+    the open MP txn ``blocked_by`` holds.  Then the whole batch was undone --
+    none of it ran, nothing is in ``redo`` -- and the shell runs it again
+    once that txn has ended.  (Undoing the transactions before it, rather
+    than logging them, keeps a batch all-or-nothing in the log, so a retry
+    with its request id after a failover can never apply a part twice.)
     """
 
     results: list[Any]
@@ -95,10 +98,13 @@ class TxContext:
     __slots__ = ("_core", "_undo", "_undo_mark", "_redo", "_txn_id", "_read_only", "_ended", "_mp")
 
     def __init__(self, core: "PartitionCore", txn_id: int, redo: list[RedoRecord], read_only: bool,
-                 mp: OpenTxn | None = None) -> None:
+                 mp: OpenTxn | None = None, undo: list | None = None) -> None:
         self._core = core
         self._mp = mp  # the open MP txn this fragment runs in (its undo spans all its fragments)
-        self._undo: list[tuple[str, dict, Any, dict | None]] = [] if mp is None else mp.undo
+        # Undo entries go to the MP txn's list (it spans fragments), the batch's (a blocked batch is
+        # undone whole), or a list of this transaction's own; a rollback undoes only this context's part.
+        self._undo: list[tuple[str, dict, Any, dict | None]] = mp.undo if mp is not None else (
+            undo if undo is not None else [])
         self._undo_mark = len(self._undo)
         self._redo = redo
         self._txn_id = txn_id
@@ -260,6 +266,7 @@ class PartitionCore:
         self.fragments = 0  # read-only fragments of multi-partition procedures (not transactions here)
         self.requests: OrderedDict[str, bytes] = OrderedDict()  # request id -> pickled outcome
         self.mp = Participant(self)  # open / prepared MP txns, their locks, recorded decisions
+        self._batch_undo: list | None = None  # undo of the batch being executed (see BatchOutcome)
 
     # -- execution ----------------------------------------------------------------
 
@@ -271,23 +278,37 @@ class PartitionCore:
                 size=len(calls), limit=self.batch_txns_max,
             )
         out = BatchOutcome(results=[None] * len(calls), errors={})
-        for i, call in enumerate(calls):
-            try:
-                name, args = call
-            except (TypeError, ValueError):
-                out.errors[i] = InvalidArguments(f"call {i} is not a (procedure, args) pair: {call!r}", index=i)
-                self.failed += 1
-                continue
-            try:
-                result = self.execute(name, args, out.redo)
-            except Blocked as blocked:
-                out.blocked_at, out.blocked_by = i, blocked.txn
-                return out
-            if isinstance(result, _Failure):
-                out.errors[i] = result.error
+        counters = (self.committed, self.aborted, self.failed)
+        self._batch_undo = []
+        try:
+            for i, call in enumerate(calls):
+                try:
+                    name, args = call
+                except (TypeError, ValueError):
+                    out.errors[i] = InvalidArguments(f"call {i} is not a (procedure, args) pair: {call!r}", index=i)
+                    self.failed += 1
+                    continue
+                try:
+                    result = self.execute(name, args, out.redo)
+                except Blocked as blocked:
+                    self._undo_batch(counters)
+                    return BatchOutcome([None] * len(calls), {}, [], blocked_at=i, blocked_by=blocked.txn)
+                if isinstance(result, _Failure):
+                    out.errors[i] = result.error
+                else:
+                    out.results[i] = result
+            return out
+        finally:
+            self._batch_undo = None
+
+    def _undo_batch(self, counters: tuple[int, int, int]) -> None:
+        """Roll back every transaction the batch ran so far (it is run again later)."""
+        for _table, rows, key, old in reversed(self._batch_undo or []):
+            if old is None:
+                rows.pop(key, None)
             else:
-                out.results[i] = result
-        return out
+                rows[key] = old
+        self.committed, self.aborted, self.failed = counters
 
     def execute(self, name: str, args: Any, redo: list[RedoRecord]) -> Any:
         """Run one transaction; its redo goes to ``redo``; a failure is returned as _Failure."""
@@ -343,7 +364,8 @@ class PartitionCore:
     def _run(self, name: str, func: Callable[..., Any], args: tuple, redo: list[RedoRecord], read_only: bool) -> Any:
         """Run ``func(tx, *args)`` atomically: its result, or _Failure after a full rollback."""
         self.txn_seq += 1
-        tx = TxContext(self, (self.partition_id << TXN_SEQ_BITS) | self.txn_seq, redo, read_only)
+        tx = TxContext(self, (self.partition_id << TXN_SEQ_BITS) | self.txn_seq, redo, read_only,
+                       undo=self._batch_undo)
         return self._call(name, func, args, tx)
 
     def _call(self, name: str, func: Callable[..., Any], args: tuple, tx: TxContext) -> Any:

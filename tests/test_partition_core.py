@@ -947,3 +947,36 @@ def test_a_context_kept_past_its_transaction_cannot_write():
     with pytest.raises(ReadOnlyViolation, match="has ended"):
         kept[0].insert("kv", {"id": 1, "val": 1, "note": None})
     assert core.tables["kv"] == {}
+
+
+# --- single-partition batches meeting an open multi-partition txn -----------------------
+
+def _mp_write(ftx, id: int, val: int):
+    ftx.update("kv", id, {"val": val})
+
+
+def test_a_batch_that_meets_a_locked_key_is_undone_whole_and_runs_again_later():
+    """Nothing of a blocked batch stays applied or in its redo: the batch is all-or-nothing in the log,
+    so a retry with its request id after a failover cannot apply a part of it twice."""
+    from actors.participant import MP_TXN_BIT
+    core = new_core()
+    core.execute_batch([("kv_insert", (1, 10)), ("kv_insert", (2, 20))])
+    before = copy.deepcopy(core.tables)
+    counters = core.counters()
+    txn = MP_TXN_BIT | 1
+    out = core.run_fragment_mp(txn, txn, _mp_write, (2, 99), now_s=0.0)
+    assert out.error is None and out.conflict is None
+    locked_state = copy.deepcopy(core.tables)
+
+    blocked = core.execute_batch([("kv_update", (1, 11)), ("kv_insert", (3, 30)), ("kv_get", (2,))])
+    assert (blocked.blocked_at, blocked.blocked_by) == (2, txn)
+    assert blocked.redo == [] and blocked.results == [None, None, None] and blocked.errors == {}
+    assert core.tables == locked_state and core.counters() == counters  # the first two were undone
+
+    core.mp.abort(txn)
+    assert core.tables == before
+    again = core.execute_batch([("kv_update", (1, 11)), ("kv_insert", (3, 30)), ("kv_get", (2,))])
+    assert again.blocked_at is None and again.errors == {}
+    assert again.results[2] == {"id": 2, "val": 20, "note": None}
+    assert core.tables["kv"][1]["val"] == 11 and 3 in core.tables["kv"]
+    assert [r.op for r in again.redo] == [UPDATE, INSERT]
