@@ -126,6 +126,8 @@ class MPContext:
         self.txn_id = txn
         self._priority = priority
         self._read_only = read_only
+        self._touched: set[int] = set()
+        self._last_done = False
 
     @property
     def partitions(self) -> int:
@@ -135,9 +137,14 @@ class MPContext:
         """Run ``fragment(ftx, *args)`` on the partition owning ``partition_key``, inside this txn."""
         return self._run([(partition_of(partition_key, self.partitions), fragment, args)])[0]
 
-    def run_many(self, calls: Iterable[tuple[Any, Callable[..., Any], tuple]]) -> list[Any]:
-        """Run several ``(partition_key, fragment, args)`` at once; results in order."""
-        return self._run([(partition_of(key, self.partitions), f, tuple(a)) for key, f, a in calls])
+    def run_many(self, calls: Iterable[tuple[Any, Callable[..., Any], tuple]], last: bool = False) -> list[Any]:
+        """Run several ``(partition_key, fragment, args)`` at once; results in order.
+
+        ``last=True``: this is the transaction's last round of fragments; each
+        partition prepares (logs PREPARE and votes) right after its fragment,
+        which saves a round trip.  No fragment may run after it.
+        """
+        return self._run([(partition_of(key, self.partitions), f, tuple(a)) for key, f, a in calls], last)
 
     def run_all(self, fragment: Callable[..., Any], *args: Any) -> list[Any]:
         """Run ``fragment(ftx, *args)`` on every partition; results indexed by partition."""
@@ -146,8 +153,11 @@ class MPContext:
     def abort(self, reason: str = "aborted by procedure") -> None:
         raise UserAbort(str(reason), reason=str(reason))
 
-    def _run(self, parts: list[tuple[int, Callable[..., Any], tuple]]) -> list[Any]:
-        steps = [("fragment", self.txn_id, self._priority, f, tuple(a), self._read_only) for _, f, a in parts]
+    def _run(self, parts: list[tuple[int, Callable[..., Any], tuple]], last: bool = False) -> list[Any]:
+        if self._last_done:
+            raise InvalidArguments(f"txn {self.txn_id}: a fragment after the last round (run_many(last=True))")
+        steps = self._steps(parts, last and not self._read_only)
+        self._last_done = last
         gather = _Gather(len(parts))
         for k, ((p, _, _), step) in enumerate(zip(parts, steps)):
             self._c._links[p].post(step, gather.slot(k))
@@ -159,6 +169,8 @@ class MPContext:
             if isinstance(answer, tuple) and answer[0] == "wait":
                 answer = self._c._fragment_wait(p, step)
             ok, value, _ = _fragment_result(answer)
+            if ok and len(answer) > 3 and answer[3]:
+                self._c._early_votes.setdefault(self.txn_id, set()).add(p)
             # Every partition a writing txn touched prepares (its PREPARE's durability covers what the
             # fragment read there); only read-only txns release partitions without phase 2.
             self._c._fragment_done(self.txn_id, p, ok, wrote=not self._read_only)
@@ -170,6 +182,16 @@ class MPContext:
                 raise _Restart(first_error)
             raise first_error
         return results
+
+
+    def _steps(self, parts: list[tuple[int, Callable[..., Any], tuple]], prepare: bool) -> list[tuple]:
+        """The fragment steps; in a last round each partition's final one carries (participants, holder)."""
+        self._touched.update(p for p, _, _ in parts)
+        participants = tuple(sorted(self._touched))
+        final = {p: k for k, (p, _, _) in enumerate(parts)}
+        return [("fragment", self.txn_id, self._priority, f, tuple(a), self._read_only,
+                 (participants, min(participants)) if prepare and final[p] == k else None, prepare)
+                for k, (p, f, a) in enumerate(parts)]
 
 
 def _fragment_result(answer: Any) -> tuple[bool, Any, bool]:
@@ -273,7 +295,7 @@ class _Link:
         self.log = _Lane(coordinator, partition, "log", LOG_LANE_CALLS_IN_FLIGHT)
 
     def post(self, op: tuple, deliver: Callable[[Any], None] | None) -> None:
-        fast = (op[0] in FAST_STEPS or (op[0] == "fragment" and not op[5])
+        fast = (op[0] in FAST_STEPS or (op[0] == "fragment" and not op[5] and not op[7])
                 or (op[0] == "decide" and op[2] == ABORT))  # aborts free locks: never behind a replication
         (self.fast if fast else self.log).post(op, deliver)
 
@@ -299,6 +321,7 @@ class Coordinator:
         self.core = CoordinatorCore()
         self._lock = threading.RLock()
         self._runs: dict[int, _Run] = {}  # txn -> the run waiting for its Reply
+        self._early_votes: dict[int, set[int]] = {}  # txn -> partitions that prepared with their last fragment
         self._inflight: dict[str, list[Callable[[Any], None]]] = {}  # request id -> who waits for its outcome
         self._last_us = 0
         self._first_txn = self._next_txn()
@@ -409,6 +432,7 @@ class Coordinator:
         self._carry_out(actions)
 
     def _on_reply(self, reply: Reply) -> None:
+        self._early_votes.pop(reply.txn, None)
         run = self._runs.pop(reply.txn, None)
         if run is None:
             return  # a txn a previous incarnation began (recovered): nobody waits for it here
@@ -460,8 +484,12 @@ class Coordinator:
 
     def _send_prepare(self, a: SendPrepare) -> None:
         first = a.partitions[0]
+        early = self._early_votes.pop(a.txn, set())
         for p in a.partitions:
             if self._crash_at == "after-some-prepares" and p != first:
+                continue
+            if p in early:  # it prepared with its last fragment (run_many(last=True)) and voted yes
+                self._on_vote(a.txn, p, ("vote", True, ""))
                 continue
             self._send_step(p, ("prepare", a.txn, a.partitions, a.holder),
                             lambda ans, p=p: self._on_vote(a.txn, p, ans))

@@ -81,7 +81,9 @@ class LockTable:
         others = self._key_conflicts(txn, table, key, write)
         if others:
             return self._verdict(priority, others)
-        if write:  # fairness: a scan waiting for this table is not overtaken by a younger writer
+        held = self._keys.get((table, key))
+        if write and not (held is not None and held.mode == X and txn in held.holders):
+            # fairness: a scan waiting for this table is not overtaken by a younger writer's new X lock
             older = {t for t, p in self._scan_waiters.get(table, {}).items() if p < priority and t != txn}
             if older:
                 return Conflict(tuple(sorted(older)), DIE)

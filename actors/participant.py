@@ -58,7 +58,8 @@ RUNNING = "running"
 PREPARED = "prepared"
 OUTCOME_COMMIT = "commit"
 OUTCOME_ABORT = "abort"
-#: Aborted txn ids remembered so a late fragment or PREPARE is refused (oldest forgotten first).
+#: Ended (aborted, committed, released) txn ids remembered so a late fragment or PREPARE is refused
+#: (oldest forgotten first).
 TOMBSTONES_KEPT_MAX = 100_000
 #: Recorded outcomes kept at a holder (oldest forgotten first).
 DECISIONS_KEPT_MAX = 100_000
@@ -155,6 +156,7 @@ class Participant:
         if t is None:
             return []
         invariant(t.state == PREPARED, f"txn {txn}: commit on partition {self.core.partition_id} without PREPARE")
+        self._tombstone(txn)  # ended: a late fragment must not open it again
         self.locks.release(txn)
         self.finished["committed"] += 1
         return [marker(COMMIT, txn)]
@@ -180,6 +182,7 @@ class Participant:
         if t is not None and (t.wrote or t.state == PREPARED):
             return self.abort(txn)
         self.open.pop(txn, None)
+        self._tombstone(txn)
         self.locks.release(txn)
         return []
 

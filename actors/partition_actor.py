@@ -512,7 +512,7 @@ class PartitionReplica:
         kind, txn = op[0], op[1]
         mp = self.core.mp
         if kind == "fragment":
-            return self._fragment_answer(self.core.run_fragment_mp(txn, op[2], op[3], op[4], now, op[5]), txn)
+            return self._fragment_step(op, now, records)
         if kind == "prepare":
             yes, recs, why = mp.prepare(txn, tuple(op[2]), op[3], now)
             records += recs
@@ -535,6 +535,16 @@ class PartitionReplica:
             return ("recalled", self.core.recall(txn))
         return ("err", InvalidArguments(f"unknown 2PC step {kind!r}", step=repr(kind)))
 
+    def _fragment_step(self, step: tuple, now: float, records: list) -> tuple:
+        """Run a fragment; one of a last round (it names participants and holder) then prepares at once."""
+        _, txn, priority, fragment, args, read_only, prepare = step[:7]
+        answer = self._fragment_answer(self.core.run_fragment_mp(txn, priority, fragment, args, now, read_only), txn)
+        if prepare is None or answer[0] != "ok":
+            return answer
+        yes, recs, _why = self.core.mp.prepare(txn, tuple(prepare[0]), prepare[1], now)
+        records += recs
+        return (*answer, yes)
+
     def _fragment_answer(self, out: Any, txn: int) -> tuple:
         if out.conflict is not None and out.conflict.verdict == LOCK_WAIT:
             return ("wait", out.conflict.holders)
@@ -549,20 +559,20 @@ class PartitionReplica:
 
     async def mp_fragment_wait(self, step: tuple) -> tuple | OhmError:
         """Run a fragment step that must wait for younger txns' locks (wait-die: it is older): wait here, bounded."""
-        _, txn, priority, fragment, args, read_only = step
+        txn = step[1]
         deadline = time.monotonic() + LOCK_WAIT_S
+        records: list = []
         while True:
             refusal = self._refuse_unless_leader()
             if refusal is not None:
                 return refusal
-            out = self.core.run_fragment_mp(txn, priority, fragment, args, time.monotonic(), read_only)
-            answer = self._fragment_answer(out, txn)
+            answer = self._fragment_step(step, time.monotonic(), records)
             if answer[0] != "wait":
                 break
             if not await self._await_any_end(deadline):
                 return ("err", LockConflict(f"txn {txn}: waited {LOCK_WAIT_S} s for txn(s) {list(answer[1])} on "
                                             f"partition {self.core.partition_id}", txn=txn), False)
-        err = await self._make_durable([])
+        err = await self._make_durable(records)
         return err if err is not None else answer
 
     async def _await_any_end(self, deadline: float) -> bool:

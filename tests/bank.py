@@ -142,6 +142,13 @@ def transfer(tx, src: int, dst: int, amount: int) -> int:
     return left
 
 
+@procedure(multi_partition=True)
+def transfer_last(tx, src: int, dst: int, amount: int) -> int:
+    """``transfer`` with one round trip fewer: the partitions prepare as they run the fragments."""
+    left, _ = tx.run_many([(src, _transfer_half, (src, -amount)), (dst, _transfer_half, (dst, amount))], last=True)
+    return left
+
+
 def _dump(tx):
     return {name: tx.scan(name) for name in ("accounts", "entries")}
 
@@ -168,7 +175,7 @@ def schema() -> Schema:
         tables=[accounts, branches, entries],
         procedures=[open_account, deposit, withdraw_then_fail, raw_insert, raw_update, close_account,
                     add_entry, branch_city, rename_branch, touch_other_partition, slow_deposit, burn, credit, dump,
-                    total_balance, move_branch, transfer],
+                    total_balance, move_branch, transfer, transfer_last],
     )
 
 

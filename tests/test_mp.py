@@ -95,9 +95,10 @@ def test_transfers_commit_refuse_and_read_consistently(ray_address, tmp_path):
         db.shutdown()
 
 
-def test_concurrent_transfers_keep_the_total_on_every_read(ray_address, tmp_path):
-    """MP and SP transfers from several threads while a reader checks every total it reads."""
-    db = _bank("test-mp-concurrent", tmp_path, partitions=3)
+@pytest.mark.parametrize("procedure", ["transfer", "transfer_last"])
+def test_concurrent_transfers_keep_the_total_on_every_read(ray_address, tmp_path, procedure):
+    """Transfers from several threads while a reader checks every total it reads."""
+    db = _bank(f"test-mp-concurrent-{procedure}", tmp_path, partitions=3)
     stop = threading.Event()
     totals: list[int] = []
     outcomes: list[tuple[tuple, object]] = []
@@ -107,7 +108,7 @@ def test_concurrent_transfers_keep_the_total_on_every_read(ray_address, tmp_path
         while not stop.is_set():
             batch = [(rng.randrange(ACCOUNTS), rng.randrange(ACCOUNTS), rng.randint(1, 60)) for _ in range(20)]
             batch = [b for b in batch if b[0] != b[1]]
-            outcomes.extend(zip(batch, db.call_many("transfer", batch)))
+            outcomes.extend(zip(batch, db.call_many(procedure, batch)))
 
     def reader() -> None:
         while not stop.is_set():
@@ -166,15 +167,17 @@ def test_a_retry_with_the_same_request_id_applies_once(ray_address, tmp_path):
         db.shutdown()
 
 
+@pytest.mark.parametrize("procedure", ["transfer", "transfer_last"])
 @pytest.mark.parametrize("point", CRASH_POINTS)
-def test_a_coordinator_killed_at_each_point_leaves_one_outcome(ray_address, tmp_path, point):
+def test_a_coordinator_killed_at_each_point_leaves_one_outcome(ray_address, tmp_path, point, procedure):
     """The coordinator dies at ``point`` of a transfer; a new one finishes or aborts it; the client's
-    retry (same request id) returns the outcome and the transfer applies exactly once."""
-    db = _bank(f"test-mp-crash-{point}", tmp_path, partitions=2)
+    retry (same request id) returns the outcome and the transfer applies exactly once.  (``transfer_last``
+    prepares with its fragments, so "before-prepare" finds both partitions prepared already.)"""
+    db = _bank(f"test-mp-crash-{point}-{procedure}", tmp_path, partitions=2)
     try:
         src, dst = _pair(2)
         runtime.call(runtime.find(coordinator_name(db.name)), "inject_crash", point, timeout_s=30)
-        assert db.call("transfer", src, dst, 25) == START_BALANCE - 25
+        assert db.call(procedure, src, dst, 25) == START_BALANCE - 25
         expected = {i: START_BALANCE for i in range(ACCOUNTS)}
         expected[src] -= 25
         expected[dst] += 25
