@@ -70,7 +70,7 @@ class FakeMP:
     def run(self, key, fragment, *args):
         return self._fragment(key, fragment, args)
 
-    def run_many(self, calls):
+    def run_many(self, calls, last: bool = False):
         return [self._fragment(key, fragment, tuple(args)) for key, fragment, args in calls]
 
     def run_all(self, fragment, *args):

@@ -146,3 +146,17 @@ def test_bench_replication_short_run(subprocess_env, ray_address, tmp_path):
     assert report["k_cost"]["ratio_k1_to_k0"] > 0
     assert report["failover"]["kills"] == 1 and report["failover"]["median_s"] > 0
     assert report["rebuild"]["rows"] > 0 and report["rebuild"]["rows_per_s"] > 0
+
+
+def test_bench_bank_short_run(subprocess_env, ray_address, tmp_path):
+    """Both phases through a real cluster; the invariant holds; the report has both phases' figures."""
+    path = tmp_path / "bank.json"
+    proc = _ohmdb(["bench", "bank", "--partitions", "2", "--clients", "2", "--batch", "10", "--duration", "1.5",
+                   "--accounts", "500", "--durability", "off", "--address", ray_address, "--json", str(path)],
+                  env=subprocess_env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(path.read_text())
+    assert report["checks"]["invariant"]["ok"] and report["checks"]["invariant"]["reads"] > 0
+    sp, mp = report["phases"]["sp"], report["phases"]["mp"]
+    assert sp["committed"] > 0 and mp["committed"] > 0 and mp["unknown"] == 0
+    assert report["mp_cost_ratio"]["throughput_sp_to_mp"] > 0
