@@ -42,6 +42,12 @@ PHI_THRESHOLD = 8.0
 #: A timeout must cover at least this many heartbeat intervals (one late answer is not a fault).
 HEARTBEAT_INTERVALS_MIN = 2
 
+#: A multi-partition txn silent this long at a participant is settled there: a RUNNING one (no vote
+#: given) is aborted, a PREPARED one asks its holder to record abort (first writer wins) and obeys it.
+#: Normally the coordinator (or its successor, after recovery) settles every txn long before.
+MP_SETTLE_AFTER_S = 15.0
+MP_SETTLE_AFTER_MIN_S = 0.5
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -64,6 +70,7 @@ class ClusterConfig:
     heartbeat_timeout_ms: int = HEARTBEAT_TIMEOUT_MS
     heartbeat_timeout_max_ms: int = HEARTBEAT_TIMEOUT_MAX_MS
     phi_threshold: float = PHI_THRESHOLD
+    mp_settle_after_s: float = MP_SETTLE_AFTER_S
 
     @property
     def durability_mode(self) -> str:
@@ -105,6 +112,10 @@ class ClusterConfig:
                 setting="control_timeout_s",
             )
         self._validate_heartbeats()
+        value = self.mp_settle_after_s
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= MP_SETTLE_AFTER_MIN_S:
+            raise InvalidConfig(f"mp_settle_after_s must be a number of seconds >= {MP_SETTLE_AFTER_MIN_S}, "
+                                f"got {value!r}", setting="mp_settle_after_s")
         return self
 
     def _validate_heartbeats(self) -> None:
@@ -144,7 +155,7 @@ class ClusterConfig:
             "batch_txns_max": self.batch_txns_max, "call_timeout_s": self.call_timeout_s,
             "data_dir": self.data_dir, "durability": self.durability_mode,
             "flush_interval_ms": self.flush_interval_ms, "snapshot_log_bytes": self.snapshot_log_bytes,
-            "segment_bytes_max": self.segment_bytes_max,
+            "segment_bytes_max": self.segment_bytes_max, "mp_settle_after_s": self.mp_settle_after_s,
         }
 
 

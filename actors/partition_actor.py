@@ -64,12 +64,8 @@ log = logging.getLogger("ohmdb.partition")
 GIL_SWITCH_S = 0.0005
 #: How long a transaction or fragment waits for an MP txn's lock before it gives up.
 LOCK_WAIT_S = 5.0
-#: Interval of the leader's check for MP txns its coordinator left behind.
+#: Interval of the leader's check for MP txns its coordinator left behind (``mp_settle_after_s``).
 MP_CHECK_INTERVAL_S = 0.5
-#: A RUNNING MP txn idle this long is aborted here (it has not voted, so that is safe).
-MP_RUNNING_IDLE_S = 15.0
-#: A PREPARED txn waiting this long asks its holder to record abort (first writer wins).
-MP_IN_DOUBT_S = 15.0
 
 
 class PartitionReplica:
@@ -606,9 +602,10 @@ class PartitionReplica:
             await asyncio.sleep(MP_CHECK_INTERVAL_S)
             if self.role != LEADER or not self.core.mp.open:
                 continue
-            running, doubt = self.core.mp.expired(time.monotonic(), MP_RUNNING_IDLE_S, MP_IN_DOUBT_S)
+            after_s = self.config["mp_settle_after_s"]
+            running, doubt = self.core.mp.expired(time.monotonic(), after_s, after_s)
             for txn in running:
-                log.warning("txn %d idle for %.0f s with no vote given: aborted here", txn, MP_RUNNING_IDLE_S)
+                log.warning("txn %d idle for %.1f s with no vote given: aborted here", txn, after_s)
                 self.core.mp.abort(txn)
             if running:
                 self._wake_lock_waiters()
@@ -620,7 +617,8 @@ class PartitionReplica:
 
     async def _settle_in_doubt(self, t: Any) -> None:
         """Ask the holder to record abort (first writer wins) and carry out what it recorded."""
-        log.warning("txn %d prepared for over %.0f s: asking holder partition %s", t.txn, MP_IN_DOUBT_S, t.holder)
+        log.warning("txn %d prepared for over %.1f s: asking holder partition %s", t.txn,
+                    self.config["mp_settle_after_s"], t.holder)
         step = ("log_decision", t.txn, OUTCOME_ABORT, t.participants, None, None)
         if t.holder == self.core.partition_id:
             answer = await self.mp_ops([step])

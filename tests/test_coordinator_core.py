@@ -695,3 +695,12 @@ def test_simulator_keeps_atomicity_validity_and_liveness():
 
 def test_simulator_replays_a_seed_exactly():
     assert run_sim(12345) == run_sim(12345)
+
+
+@pytest.mark.parametrize("value", [0, 0.1, -1, "soon", True])
+def test_mp_settle_after_s_is_validated(value):
+    from actors.config import ClusterConfig
+    with pytest.raises(InvalidConfig) as err:
+        ClusterConfig(mp_settle_after_s=value).validate()
+    assert err.value.details["setting"] == "mp_settle_after_s"
+    assert ClusterConfig(mp_settle_after_s=0.5).validate().replica_settings()["mp_settle_after_s"] == 0.5

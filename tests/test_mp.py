@@ -304,3 +304,22 @@ def test_random_kills_under_load_lose_nothing(ray_address, tmp_path):
     finally:
         stop.set()
         db.shutdown()
+
+
+def test_a_participant_left_in_doubt_asks_the_holder_and_obeys(ray_address, tmp_path):
+    """Decisions to partition 1 are lost and nothing fails: after ``mp_settle_after_s`` its leader asks the
+    holder (partition 0), which recorded commit first, and commits on its own."""
+    db = _bank("test-mp-settle", tmp_path, partitions=2, mp_settle_after_s=1.0)
+    try:
+        src, dst = _pair(2)
+        leader = next(r for r in db.status()["replicas"] if r["partition"] == 1 and r["role"] == "leader")
+        runtime.call(runtime.find(leader["actor_name"]), "inject_fault", "drop-decisions", timeout_s=30)
+        assert db.call("transfer", src, dst, 15) == START_BALANCE - 15
+        expected = {i: START_BALANCE for i in range(ACCOUNTS)}
+        expected[src] -= 15
+        expected[dst] += 15
+        _check(db, expected)
+        digest = runtime.call(runtime.find(leader["actor_name"]), "digest", timeout_s=30)
+        assert digest["role"] == "leader" and digest["mp_open"] == 0  # the same leader settled it
+    finally:
+        db.shutdown()
