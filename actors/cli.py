@@ -365,6 +365,13 @@ def _status(args: argparse.Namespace) -> int:
     counts = status["counts"]
     out.print(f"nodes: {len(status['nodes'])}  replicas ok: {counts['replicas_ok']}/{counts['replicas_total']}  "
               f"committed: {counts['committed']}  rows: {counts['rows']}  open faults: {status['faults_open']}")
+    coordinator = status.get("coordinator") or {}
+    if "pid" in coordinator:
+        done = ", ".join(f"{k}: {v}" for k, v in sorted(coordinator.get("counts", {}).items()))
+        out.print(f"coordinator: pid {coordinator['pid']}  {'ready' if coordinator['ready'] else 'recovering'}  "
+                  f"open txns: {coordinator['open']}  {done}")
+    elif coordinator:
+        out.print(f"[bold red]coordinator:[/] {coordinator.get('error', 'unknown')}")
     if status.get("halted"):
         out.print(f"[bold red]writes halted:[/] {status['halted']}")
     return 0

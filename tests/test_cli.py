@@ -64,6 +64,7 @@ def test_status_and_shutdown_of_a_running_cluster(subprocess_env, ray_address):
         assert status["counts"]["committed"] == 1
         proc = _ohmdb(["status", "--name", "test-cli-status"], env={**subprocess_env, "COLUMNS": "200"})
         assert proc.returncode == 0 and "test-cli-status:p1:r0" in proc.stdout
+        assert "coordinator: pid" in proc.stdout and "ready" in proc.stdout
         proc = _ohmdb(["shutdown", "--name", "test-cli-status"], env=subprocess_env)
         assert proc.returncode == 0, proc.stderr[-3000:]
     finally:
