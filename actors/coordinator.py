@@ -6,9 +6,14 @@ A thin shell around ``CoordinatorCore`` (the 2PC state machine): the core
 decides, this actor moves messages.  Its parts:
 
 * ``execute(calls, attempt)`` -- a client's batch of MP transactions; each
-  runs on a worker thread (``MP_THREADS``) so a batch runs concurrently.  The
+  procedure runs on a worker thread (``MP_THREADS``) so a batch runs
+  concurrently; the thread is free again once the procedure has returned
+  (phases 1 and 2 run on callbacks; the core's Reply completes the txn).  The
   procedure gets an ``MPContext``: ``tx.run`` / ``run_many`` / ``run_all``
-  send fragments to partition leaders inside the open transaction.
+  send fragments to partition leaders inside the open transaction;
+  ``run_many(..., last=True)`` marks the last round, whose partitions prepare
+  as they run their fragment (their YES votes are kept and handed to the
+  core when it asks for PREPARE: one round trip fewer).
 * One ``_Link`` per partition batches every 2PC step bound for that
   partition (fragments, PREPARE, decisions, aborts) into ``mp_ops`` calls,
   one in flight per lane (a fast lane for fragments, a log lane for steps
@@ -40,7 +45,6 @@ import concurrent.futures
 import logging
 import os
 import random
-import sys
 import threading
 import time
 from typing import Any, Callable, Iterable
@@ -84,8 +88,6 @@ TICK_S = 0.05
 #: Recovery: rounds of asking every leader, and the pause between rounds.
 RECOVERY_ROUNDS_MAX = 60
 RECOVERY_RETRY_S = 0.5
-#: The interpreter's thread switch interval in this process (Python's default is 5 ms).
-GIL_SWITCH_S = 0.002
 #: Where ``inject_crash`` can kill the process.
 CRASH_POINTS = ("before-prepare", "after-some-prepares", "after-decision", "after-some-commits")
 
@@ -313,7 +315,6 @@ class _Link:
 class Coordinator:
     def __init__(self, config: dict[str, Any], schema: Schema) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        sys.setswitchinterval(GIL_SWITCH_S)  # many short thread hand-offs per txn: do not wait 5 ms for the GIL
         self.config = ClusterConfig(**config)
         self.schema = schema
         self.identity = runtime.own_identity()

@@ -31,7 +31,6 @@ import hashlib
 import logging
 import os
 import shutil
-import sys
 import threading
 import time
 import uuid
@@ -60,8 +59,6 @@ from recovery.snapshots import prune_snapshots, write_snapshot
 
 log = logging.getLogger("ohmdb.partition")
 
-#: The interpreter's thread switch interval here (Python's default, 5 ms, delays the event loop's hand-offs).
-GIL_SWITCH_S = 0.0005
 #: How long a transaction or fragment waits for an MP txn's lock before it gives up.
 LOCK_WAIT_S = 5.0
 #: Interval of the leader's check for MP txns its coordinator left behind (``mp_settle_after_s``).
@@ -72,7 +69,6 @@ class PartitionReplica:
     def __init__(self, cluster: str, schema: Schema, partition: int, partitions: int,
                  replica: int, epoch: int, config: dict[str, Any], fresh: bool = False) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        sys.setswitchinterval(GIL_SWITCH_S)
         self.cluster = cluster
         self.replica = replica
         self.epoch = epoch
