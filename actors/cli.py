@@ -215,7 +215,8 @@ def _bench_faults(args: argparse.Namespace) -> int:
         report = fault_bench.run(args.partitions, args.faults, args.big_rows, args.seed, args.durability, args.address,
                                  on_phase=lambda msg: spinner.update(msg), on_fault=on_fault)
     t = RichTable(title=f"ohmdb bench faults ({args.faults} of each kind, k=1, {args.durability})")
-    for col in ("fault", "reported as", "detected (ms)", "writes acked again (ms)", "k+1 replicas again (ms)"):
+    for col in ("fault", "reported as", "detected (ms)", "writes acked again (ms)",
+                "k+1 replicas again / coordinator ready (ms)"):
         t.add_column(col)
     for kind, r in report["faults"].items():
         t.add_row(kind, ", ".join(r["reported_as"]), *(_dist(r[f"{m}_s"]) for m in ("detected", "available", "redundant")))

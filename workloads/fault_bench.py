@@ -9,7 +9,11 @@ each after the cluster is back at k+1 replicas:
 * ``crash``  -- SIGKILL of a partition leader's process;
 * ``hang``   -- SIGSTOP of a partition leader's process (the supervisor must
   find it by heartbeats alone; Ray still thinks it is alive);
-* ``follower-crash`` -- SIGKILL of a follower.
+* ``follower-crash`` -- SIGKILL of a follower;
+* ``coordinator-crash`` / ``coordinator-hang`` -- SIGKILL / SIGSTOP of the
+  two-phase-commit coordinator; "available" is then the first answer of
+  voter's ``results`` (a multi-partition read, so it needs the coordinator)
+  and "redundant" the new coordinator having finished its recovery.
 
 For each it takes the injection time from this process's clock and, from the
 fault report the supervisor wrote, when the fault was detected and when the
@@ -31,12 +35,14 @@ from typing import Any, Callable
 
 from actors import runtime
 from actors.client import Cluster
+from actors.coordinator import coordinator_name
+from actors.errors import OhmError
 from workloads import voter
 from workloads.replication_bench import (
     FAILOVER_WAIT_S, _acked_again, _Load, _phone_on, _redundant, _wait, voter_cluster,
 )
 
-KINDS = ("crash", "hang", "follower-crash")
+KINDS = ("crash", "hang", "follower-crash", "coordinator-crash", "coordinator-hang")
 #: Votes per batch when filling the big partition.
 FILL_BATCH = 5_000
 #: Longest wait for one fault's report to close.
@@ -44,14 +50,18 @@ REPORT_WAIT_S = 120.0
 
 
 def _victim(db: Cluster, kind: str) -> dict[str, Any]:
+    if kind.startswith("coordinator"):
+        return {"pid": db.status()["coordinator"]["pid"], "actor_name": coordinator_name(db.name)}
     role = "follower" if kind == "follower-crash" else "leader"
     return next(r for r in db.status()["replicas"] if r["partition"] == 0 and r["role"] == role
                 and r["state"] == "serving")
 
 
-def _report_for(db: Cluster, actor: str, after: float) -> dict[str, Any] | None:
+def _report_for(db: Cluster, actor: str, after: float, pid: int | None = None) -> dict[str, Any] | None:
+    """The report on ``actor`` (that process, when ``pid`` is given: a coordinator keeps its name)."""
     for report in db.faults():
-        if report["detected_at"] >= after and any(a["actor"] == actor for a in report["where"]["actors"]):
+        if report["detected_at"] >= after and any(a["actor"] == actor and (pid is None or a.get("pid") == pid)
+                                                  for a in report["where"]["actors"]):
             return report
     return None
 
@@ -60,19 +70,34 @@ def one_fault(db: Cluster, kind: str, phone: int) -> dict[str, Any]:
     """Inject one fault on partition 0; its detection, availability and redundancy times."""
     victim = _victim(db, kind)
     injected = time.time()
-    os.kill(victim["pid"], signal.SIGSTOP if kind == "hang" else signal.SIGKILL)
-    available = time.time() - injected if _acked_again(db, phone, FAILOVER_WAIT_S) else None
+    os.kill(victim["pid"], signal.SIGSTOP if kind.endswith("hang") else signal.SIGKILL)
+    again = _read_again(db) if kind.startswith("coordinator") else _acked_again(db, phone, FAILOVER_WAIT_S)
+    available = time.time() - injected if again else None
     if available is None:
         return {"kind": kind, "available_s": None, "report": "writes not acknowledged again in time"}
-    report: dict[str, Any] | None = None
-    _wait(lambda: (r := _report_for(db, victim["actor_name"], injected - 1)) is not None
+    pid = victim["pid"] if kind.startswith("coordinator") else None
+    _wait(lambda: (r := _report_for(db, victim["actor_name"], injected - 1, pid)) is not None
           and r["state"] == "recovered", REPORT_WAIT_S)
-    report = _report_for(db, victim["actor_name"], injected - 1)
+    report = _report_for(db, victim["actor_name"], injected - 1, pid)
     if report is None:
         return {"kind": kind, "available_s": round(available, 4), "report": None}
     return {"kind": kind, "reported_as": report["kind"], "detected_s": round(report["detected_at"] - injected, 4),
             "available_s": round(available, 4), "state": report["state"],
             "redundant_s": None if report["recovered_at"] is None else round(report["recovered_at"] - injected, 4)}
+
+
+def _read_again(db: Cluster) -> bool:
+    """A multi-partition read (through the coordinator) answered; the client waits for a new coordinator."""
+    try:
+        db.call("results")
+        return True
+    except OhmError:
+        return False
+
+
+def _ready_again(db: Cluster) -> bool:
+    """k+1 replicas everywhere and a coordinator that finished its recovery."""
+    return _redundant(db, 2) and bool((db.status().get("coordinator") or {}).get("ready"))
 
 
 def _summary(values: list[float]) -> dict[str, Any]:
@@ -90,7 +115,7 @@ def measure(db: Cluster, faults: int, seed: int, on_fault: Callable[[dict[str, A
         for kind in KINDS:
             samples = []
             for _ in range(faults):
-                if not _wait(lambda: _redundant(db, 2), REPORT_WAIT_S):
+                if not _wait(lambda: _ready_again(db), REPORT_WAIT_S):
                     break
                 sample = one_fault(db, kind, phone)
                 samples.append(sample)
