@@ -161,3 +161,18 @@ def test_bench_bank_short_run(subprocess_env, ray_address, tmp_path):
     sp, mp = report["phases"]["sp"], report["phases"]["mp"]
     assert sp["committed"] > 0 and mp["committed"] > 0 and mp["unknown"] == 0
     assert report["mp_cost_ratio"]["throughput_sp_to_mp"] > 0
+
+
+def test_bench_faults_short_run(subprocess_env, ray_address, tmp_path):
+    """One fault of each kind: each is reported as the right kind, with its figures."""
+    path = tmp_path / "faults.json"
+    proc = _ohmdb(["bench", "faults", "--faults", "1", "--big-rows", "0", "--partitions", "2", "--durability", "off",
+                   "--address", ray_address, "--json", str(path)], env=subprocess_env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    faults = json.loads(path.read_text())["faults"]
+    expected = {"crash": ["crash"], "hang": ["hang"], "follower-crash": ["crash"],
+                "coordinator-crash": ["coordinator-failure"], "coordinator-hang": ["coordinator-failure"]}
+    assert {kind: r["reported_as"] for kind, r in faults.items()} == expected
+    for kind, r in faults.items():
+        assert r["detected_s"]["n"] == r["available_s"]["n"] == r["redundant_s"]["n"] == 1, kind
+        assert 0 < r["detected_s"]["median"] <= r["redundant_s"]["median"], kind
