@@ -323,3 +323,34 @@ def test_a_participant_left_in_doubt_asks_the_holder_and_obeys(ray_address, tmp_
         assert digest["role"] == "leader" and digest["mp_open"] == 0  # the same leader settled it
     finally:
         db.shutdown()
+
+
+@pytest.mark.parametrize("snapshot", [False, True])
+def test_a_txn_in_doubt_survives_a_full_restart_and_is_finished(ray_address, tmp_path, snapshot):
+    """Partition 1 holds a prepared txn whose decision (commit, recorded at partition 0) never reached it.
+    The whole cluster stops and starts again from its data_dir (optionally after a snapshot that must carry
+    the prepared txn along): partition 1 recovers it as pending, its new leader adopts it, and the new
+    coordinator's recovery finds the recorded commit and finishes it."""
+    name = f"test-mp-restart-{'snap' if snapshot else 'log'}"
+    db = _bank(name, tmp_path, partitions=2)
+    src, dst = _pair(2)
+    try:
+        leader = next(r for r in db.status()["replicas"] if r["partition"] == 1 and r["role"] == "leader")
+        runtime.call(runtime.find(leader["actor_name"]), "inject_fault", "drop-decisions", timeout_s=30)
+        assert db.call("transfer", src, dst, 20) == START_BALANCE - 20
+        assert runtime.call(runtime.find(leader["actor_name"]), "digest", timeout_s=30)["mp_open"] == 1
+        if snapshot:
+            db.snapshot()
+    finally:
+        db.shutdown()
+    again = Cluster.create(bank.schema(), partitions=2, k=1, name=name, data_dir=str(tmp_path))
+    try:
+        expected = {i: START_BALANCE for i in range(ACCOUNTS)}
+        expected[src] -= 20
+        expected[dst] += 20
+        _check(again, expected)
+        assert again.status()["coordinator"]["recovery"]["in_doubt"] == 1  # it was found and finished
+        recovered = [r["recovery"] for r in again.status()["replicas"] if r["partition"] == 1]
+        assert any(r["snapshot_lsn"] > 0 for r in recovered) == snapshot
+    finally:
+        again.shutdown()
