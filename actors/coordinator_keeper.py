@@ -27,6 +27,8 @@ log = logging.getLogger("ohmdb.supervisor")
 #: How long a new coordinator has to finish its recovery before the report says so.
 COORDINATOR_READY_WAIT_S = 60.0
 COORDINATOR_READY_POLL_S = 0.05
+#: Attempts at spawning a successor before the report says the supervisor gave up.
+SPAWN_ATTEMPTS_MAX = 3
 
 
 class CoordinatorKeeper:
@@ -72,8 +74,10 @@ class CoordinatorKeeper:
         runtime.kill_process(old.get("node_id"), old.get("pid"))
         report.act(time.time(), "kill", replica=self.name)
         self.handle = self.identity = None
-        runtime.wait_gone(self.name, self.config.control_timeout_s)
-        self.spawn()
+        if not self._respawn():
+            report.mark_unrecovered(time.time(), f"no new coordinator after {SPAWN_ATTEMPTS_MAX} spawn attempts")
+            book.save(report)
+            return report
         report.act(time.time(), "respawn", replica=self.name, pid=self.identity["pid"])
         report.mark_available(time.time())
         book.save(report)
@@ -81,8 +85,22 @@ class CoordinatorKeeper:
         report.act(time.time(), "recovered-txns", **status)
         if status.get("ready"):
             report.mark_recovered(time.time())
+        else:
+            report.mark_unrecovered(time.time(), f"the new coordinator did not finish recovery: {status.get('error')}")
         book.save(report)
         return report
+
+    def _respawn(self) -> bool:
+        """Spawn the successor once Ray has freed the old one's name; a few attempts."""
+        for attempt in range(1, SPAWN_ATTEMPTS_MAX + 1):
+            runtime.wait_gone(self.name, self.config.control_timeout_s)
+            try:
+                self.spawn()
+                return True
+            except Exception as exc:  # the name still taken, or the spawn timed out: try again
+                log.warning("coordinator respawn attempt %d failed: %s", attempt, exc)
+                runtime.kill(runtime.find(self.name))
+        return False
 
     def _await_ready(self) -> dict[str, Any]:
         deadline = time.monotonic() + COORDINATOR_READY_WAIT_S
