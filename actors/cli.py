@@ -65,9 +65,10 @@ def _parser() -> argparse.ArgumentParser:
 
     fb = wl.add_parser("faults", help="detection, availability and redundancy times over many injected faults",
                        description="Inject faults one at a time into a k=1 voter cluster under load (SIGKILL of a "
-                                   "leader, SIGSTOP of a leader, SIGKILL of a follower) and print the distributions of "
-                                   "detection, availability and full-redundancy times; then time full redundancy of "
-                                   "a partition holding --big-rows votes.")
+                                   "leader, SIGSTOP of a leader, SIGKILL of a follower, SIGKILL and SIGSTOP of the "
+                                   "coordinator) and print the distributions of detection, availability and "
+                                   "full-redundancy (for the coordinator: its successor recovered) times; then time "
+                                   "full redundancy of a partition holding --big-rows votes.")
     fb.add_argument("--partitions", type=int, default=2, help="partitions (default 2)")
     fb.add_argument("--faults", type=int, default=20, help="faults of each kind (default 20)")
     fb.add_argument("--big-rows", type=int, default=1_000_000, help="votes loaded into the rebuilt partition (about twice as many rows; "

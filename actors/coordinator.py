@@ -170,8 +170,8 @@ class MPContext:
         for (p, _, _), step, answer in zip(parts, steps, gather.answers):
             if isinstance(answer, tuple) and answer[0] == "wait":
                 answer = self._c._fragment_wait(p, step)
-            ok, value, _ = _fragment_result(answer)
-            if ok and len(answer) > 3 and answer[3]:
+            ok, value = _fragment_result(answer)
+            if ok and len(answer) > 2 and answer[2]:  # ("ok", result, yes): prepared with its last fragment
                 self._c._early_votes.setdefault(self.txn_id, set()).add(p)
             # Every partition a writing txn touched prepares (its PREPARE's durability covers what the
             # fragment read there); only read-only txns release partitions without phase 2.
@@ -196,15 +196,13 @@ class MPContext:
                 for k, (p, f, a) in enumerate(parts)]
 
 
-def _fragment_result(answer: Any) -> tuple[bool, Any, bool]:
-    """(ok, result or error, wrote) of a fragment's answer."""
+def _fragment_result(answer: Any) -> tuple[bool, Any]:
+    """(ok, result or error) of a fragment's answer."""
     if isinstance(answer, OhmError):
-        return False, answer, True  # unknown: count it as a writer so the txn aborts everywhere
-    if answer[0] == "ok":
-        return True, answer[1], answer[2]
-    if answer[0] == "err":
-        return False, answer[1], answer[2] if len(answer) > 2 else True
-    return False, InvalidArguments(f"unexpected fragment answer {answer!r}"), True
+        return False, answer
+    if answer[0] in ("ok", "err"):
+        return answer[0] == "ok", answer[1]
+    return False, InvalidArguments(f"unexpected fragment answer {answer!r}")
 
 
 class _Gather:

@@ -161,13 +161,19 @@ class PartitionReplica:
     async def _await_end(self, txn: int, deadline: float) -> bool:
         """Wait until MP txn ``txn`` is no longer open here (False at the deadline)."""
         while txn in self.core.mp.open:
-            left = deadline - time.monotonic()
-            if left <= 0:
+            if not await self._await_any_end(deadline):
                 return False
-            try:
-                await asyncio.wait_for(self._release_event().wait(), timeout=left)
-            except asyncio.TimeoutError:
-                return False
+        return True
+
+    async def _await_any_end(self, deadline: float) -> bool:
+        """Wait until some MP txn ends here (False at the deadline)."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        try:
+            await asyncio.wait_for(self._release_event().wait(), timeout=left)
+        except asyncio.TimeoutError:
+            return False
         return True
 
     def _release_event(self) -> asyncio.Event:
@@ -544,10 +550,10 @@ class PartitionReplica:
             return ("err", LockConflict(
                 f"txn {txn}: partition {self.core.partition_id} key held by older txn(s) "
                 f"{list(out.conflict.holders)}; wait-die: the younger restarts", txn=txn,
-                holders=list(out.conflict.holders)), out.wrote)
+                holders=list(out.conflict.holders)))
         if out.error is not None:
-            return ("err", out.error, out.wrote)
-        return ("ok", out.result, out.wrote)
+            return ("err", out.error)
+        return ("ok", out.result)
 
     async def mp_fragment_wait(self, step: tuple) -> tuple | OhmError:
         """Run a fragment step that must wait for younger txns' locks (wait-die: it is older): wait here, bounded."""
@@ -563,19 +569,9 @@ class PartitionReplica:
                 break
             if not await self._await_any_end(deadline):
                 return ("err", LockConflict(f"txn {txn}: waited {LOCK_WAIT_S} s for txn(s) {list(answer[1])} on "
-                                            f"partition {self.core.partition_id}", txn=txn), False)
+                                            f"partition {self.core.partition_id}", txn=txn))
         err = await self._make_durable(records)
         return err if err is not None else answer
-
-    async def _await_any_end(self, deadline: float) -> bool:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        try:
-            await asyncio.wait_for(self._release_event().wait(), timeout=left)
-        except asyncio.TimeoutError:
-            return False
-        return True
 
     async def mp_recover(self, before_txn: int) -> dict[str, Any] | OhmError:
         """A restarted coordinator: abort RUNNING txns it forgot; list the prepared ones and their outcomes."""

@@ -263,7 +263,7 @@ class PartitionCore:
         self.committed = 0
         self.aborted = 0   # user aborts
         self.failed = 0    # every other error
-        self.fragments = 0  # read-only fragments of multi-partition procedures (not transactions here)
+        self.fragments = 0  # fragments of multi-partition txns run here (not counted as transactions)
         self.requests: OrderedDict[str, bytes] = OrderedDict()  # request id -> pickled outcome
         self.mp = Participant(self)  # open / prepared MP txns, their locks, recorded decisions
         self._batch_undo: list | None = None  # undo of the batch being executed (see BatchOutcome)
@@ -335,14 +335,6 @@ class PartitionCore:
         except OhmError as err:
             return self._count(_Failure(err))
         return self._count(self._run(proc.name, proc.func, args, redo, proc.read_only))
-
-    def run_fragment(self, fragment: Callable[..., Any], args: tuple) -> Any:
-        """Run a read-only fragment outside any MP txn (a scatter read); _Failure on error.
-
-        It does not wait for open MP txns: a key one of them holds raises Blocked.
-        """
-        self.fragments += 1
-        return self._run(getattr(fragment, "__name__", "fragment"), fragment, tuple(args), [], read_only=True)
 
     def run_fragment_mp(self, txn: int, priority: int, fragment: Callable[..., Any], args: tuple,
                         now_s: float, read_only: bool = False) -> FragmentOutcome:

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from actors.errors import (
     OhmError, OutcomeUnknown, PartitionUnavailable, Timeout, TxnAborted, UserAbort, WrongPartition,
 )
+from actors.participant import MP_TXN_BIT
 from actors.partition_core import PartitionCore, TxContext, is_failure
 from actors.routing import partition_of
 from actors.schema import Schema
@@ -239,7 +240,8 @@ def test_balances_fragment_reads_one_partition():
     cores = _cores()
     account = bank.accounts_by_partition(ACCOUNTS, PARTITIONS)[2][0]
     cores[2].tables["accounts"][account] = {"id": account, "balance": -5}  # a broken state, to be reported
-    total, rows, negative = cores[2].run_fragment(bank.balances, ())
+    txn = MP_TXN_BIT | 1
+    total, rows, negative = cores[2].run_fragment_mp(txn, txn, bank.balances, (), now_s=0.0, read_only=True).result
     assert rows == len(bank.accounts_by_partition(ACCOUNTS, PARTITIONS)[2])
     assert total == rows * BALANCE - BALANCE - 5
     assert negative == [(account, -5)]

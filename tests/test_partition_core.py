@@ -20,6 +20,7 @@ from actors.errors import (
     BatchTooLarge, DuplicateKey, InvalidArguments, KeyNotFound, OhmError, ProcedureFailed,
     ReadOnlyViolation, SchemaViolation, UnknownProcedure, UserAbort, WrongPartition,
 )
+from actors.participant import MP_TXN_BIT
 from actors.partition_core import PartitionCore, is_failure
 from actors.routing import partition_of
 from actors.schema import Schema, Table, procedure
@@ -770,16 +771,24 @@ def test_run_fragment_is_read_only(core):
     def reader(tx, i):
         return tx.get("kv", i), tx.count("kv"), len(tx.scan("kv", lambda r: r["val"] > 10))
 
+    txns = iter(range(1, 100))
+
+    def run(fragment, args):
+        """A fragment of a read-only MP txn, which then releases this partition."""
+        txn = MP_TXN_BIT | next(txns)
+        out = core.run_fragment_mp(txn, txn, fragment, tuple(args), now_s=0.0, read_only=True)
+        core.mp.release(txn)
+        return out
+
     for fragment, args in ((writer, (77,)), (read_then_write, ()), (lambda tx: tx.delete("kv", 1), ())):
-        result = core.run_fragment(fragment, args)
-        assert is_failure(result)
-        assert type(result.error) is ReadOnlyViolation
-        assert "read-only" in result.error.message
+        out = run(fragment, args)
+        assert type(out.error) is ReadOnlyViolation and not out.wrote
+        assert "read-only" in out.error.message
         assert core.tables == before
-    assert core.run_fragment(reader, [2]) == ({"id": 2, "val": 20, "note": None}, 3, 2)
-    failed = core.run_fragment(lambda tx: 1 / 0, ())
-    assert is_failure(failed) and failed.error.details["exception"] == "ZeroDivisionError"
-    assert core.tables == before
+    assert run(reader, [2]).result == ({"id": 2, "val": 20, "note": None}, 3, 2)
+    failed = run(lambda tx: 1 / 0, ())
+    assert failed.error.details["exception"] == "ZeroDivisionError"
+    assert core.tables == before and not core.mp.locks
 
 
 def test_load_is_all_or_nothing(core):
@@ -958,7 +967,6 @@ def _mp_write(ftx, id: int, val: int):
 def test_a_batch_that_meets_a_locked_key_is_undone_whole_and_runs_again_later():
     """Nothing of a blocked batch stays applied or in its redo: the batch is all-or-nothing in the log,
     so a retry with its request id after a failover cannot apply a part of it twice."""
-    from actors.participant import MP_TXN_BIT
     core = new_core()
     core.execute_batch([("kv_insert", (1, 10)), ("kv_insert", (2, 20))])
     before = copy.deepcopy(core.tables)
