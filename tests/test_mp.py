@@ -70,6 +70,38 @@ def _settled(db: Cluster) -> bool:
     return True
 
 
+def _after(*transfers: tuple[int, int, int]) -> dict[int, int]:
+    """Every balance after these (src, dst, amount) transfers from the start."""
+    balances = {i: START_BALANCE for i in range(ACCOUNTS)}
+    for src, dst, amount in transfers:
+        balances[src] -= amount
+        balances[dst] += amount
+    return balances
+
+
+def _committed(outcomes: list[tuple[tuple, object]]) -> list[tuple]:
+    return [call for call, out in list(outcomes) if not isinstance(out, OhmError)]
+
+
+def _lose_decisions(db: Cluster, partition: int = 1) -> dict:
+    """Partition ``partition``'s leader (its status entry), from now on deaf to 2PC decisions."""
+    leader = next(r for r in db.status()["replicas"] if r["partition"] == partition and r["role"] == "leader")
+    runtime.call(runtime.find(leader["actor_name"]), "inject_fault", "drop-decisions", timeout_s=30)
+    return leader
+
+
+def _open_at(leader: dict) -> int:
+    return runtime.call(runtime.find(leader["actor_name"]), "digest", timeout_s=30)["mp_open"]
+
+
+def _coordinator_report(db: Cluster) -> dict:
+    """The one coordinator-failure report, once it says recovered."""
+    wait_until(lambda: any(f["kind"] == "coordinator-failure" and f["state"] == "recovered" for f in db.faults()),
+               timeout_s=60, what="a recovered coordinator-failure report")
+    [report] = [f for f in db.faults() if f["kind"] == "coordinator-failure"]
+    return report
+
+
 def _check(db: Cluster, expected: dict[int, int] | None = None) -> None:
     wait_until(lambda: _settled(db), timeout_s=60, what="every MP txn finished and replicas equal")
     balances = _balances(db)
@@ -86,9 +118,7 @@ def test_transfers_commit_refuse_and_read_consistently(ray_address, tmp_path):
         assert db.call("transfer", src, dst, 30) == START_BALANCE - 30
         with pytest.raises(UserAbort, match="insufficient funds"):
             db.call("transfer", src, dst, 10_000)
-        expected = {i: START_BALANCE for i in range(ACCOUNTS)}
-        expected[src] -= 30
-        expected[dst] += 30
+        expected = _after((src, dst, 30))
         _check(db, expected)
         assert db.call("total_balance") == ACCOUNTS * START_BALANCE
     finally:
@@ -118,22 +148,15 @@ def test_concurrent_transfers_keep_the_total_on_every_read(ray_address, tmp_path
     try:
         for t in threads:
             t.start()
-        time.sleep(6)
+        wait_until(lambda: len(totals) > 10 and len(_committed(outcomes)) > 50, timeout_s=120,
+                   what="more than 10 total reads and 50 committed transfers, all at once")
         stop.set()
         for t in threads:
             t.join()
-        expected = {i: START_BALANCE for i in range(ACCOUNTS)}
-        committed = 0
-        for (src, dst, amount), out in outcomes:
-            if isinstance(out, OhmError):
-                assert isinstance(out, (UserAbort, TxnAborted)), out
-                continue
-            expected[src] -= amount
-            expected[dst] += amount
-            committed += 1
-        assert committed > 50 and len(totals) >= 3  # reads wait for writers (wait-die): few, but consistent
+        failed = [out for _, out in outcomes if isinstance(out, OhmError)]
+        assert all(isinstance(out, (UserAbort, TxnAborted)) for out in failed), failed[:3]
         assert set(totals) == {ACCOUNTS * START_BALANCE}, "a read saw money half moved"
-        _check(db, expected)
+        _check(db, _after(*_committed(outcomes)))
     finally:
         stop.set()
         db.shutdown()
@@ -178,13 +201,9 @@ def test_a_coordinator_killed_at_each_point_leaves_one_outcome(ray_address, tmp_
         src, dst = _pair(2)
         runtime.call(runtime.find(coordinator_name(db.name)), "inject_crash", point, timeout_s=30)
         assert db.call(procedure, src, dst, 25) == START_BALANCE - 25
-        expected = {i: START_BALANCE for i in range(ACCOUNTS)}
-        expected[src] -= 25
-        expected[dst] += 25
+        expected = _after((src, dst, 25))
         _check(db, expected)
-        wait_until(lambda: any(f["kind"] == "coordinator-failure" and f["state"] == "recovered"
-                               for f in db.faults()), timeout_s=60, what="a recovered coordinator-failure report")
-        [report] = [f for f in db.faults() if f["kind"] == "coordinator-failure"]
+        report = _coordinator_report(db)
         assert report["impact"]["cause"] == "crash"
         assert [a["action"] for a in report["actions"]][:4] == ["detected", "kill", "respawn", "recovered-txns"]
         assert db.call("transfer", dst, src, 25) == START_BALANCE  # the new coordinator serves
@@ -198,15 +217,11 @@ def test_a_participant_leader_killed_while_prepared_is_finished_by_its_successor
     db = _bank("test-mp-participant", tmp_path, partitions=2)
     try:
         src, dst = _pair(2)  # partition 0 holds the decision; partition 1 only prepares
-        leader = next(r for r in db.status()["replicas"] if r["partition"] == 1 and r["role"] == "leader")
-        runtime.call(runtime.find(leader["actor_name"]), "inject_fault", "drop-decisions", timeout_s=30)
+        leader = _lose_decisions(db)
         assert db.call("transfer", src, dst, 40) == START_BALANCE - 40
-        in_doubt = runtime.call(runtime.find(leader["actor_name"]), "digest", timeout_s=30)
-        assert in_doubt["mp_open"] == 1  # prepared, waiting for a decision that never arrives
+        assert _open_at(leader) == 1  # prepared, waiting for a decision that never arrives
         os.kill(leader["pid"], signal.SIGKILL)
-        expected = {i: START_BALANCE for i in range(ACCOUNTS)}
-        expected[src] -= 40
-        expected[dst] += 40
+        expected = _after((src, dst, 40))
         _check(db, expected)
         new = next(r for r in db.status()["replicas"] if r["partition"] == 1 and r["role"] == "leader")
         assert new["actor_name"] != leader["actor_name"]
@@ -220,8 +235,7 @@ def test_single_partition_work_on_other_keys_goes_on_while_a_txn_is_in_doubt(ray
     try:
         src, dst = _pair(2)
         other = next(i for i in range(ACCOUNTS) if partition_of(i, 2) == 1 and i != dst)
-        leader = next(r for r in db.status()["replicas"] if r["partition"] == 1 and r["role"] == "leader")
-        runtime.call(runtime.find(leader["actor_name"]), "inject_fault", "drop-decisions", timeout_s=30)
+        leader = _lose_decisions(db)
         db.call("transfer", src, dst, 5)
         started = time.monotonic()
         assert db.call("deposit", other, 1) == START_BALANCE + 1      # not locked: runs at once
@@ -231,9 +245,8 @@ def test_single_partition_work_on_other_keys_goes_on_while_a_txn_is_in_doubt(ray
         assert not waiting.done()
         os.kill(leader["pid"], signal.SIGKILL)  # its successor finishes the txn, then the deposit runs
         assert waiting.result() == START_BALANCE + 5 + 1  # it ran after the transfer committed
-        expected = {i: START_BALANCE for i in range(ACCOUNTS)}
-        expected[src] -= 5
-        expected[dst] += 5 + 1
+        expected = _after((src, dst, 5))
+        expected[dst] += 1
         expected[other] += 1
         _check(db, expected)
     finally:
@@ -248,14 +261,10 @@ def test_a_paused_coordinator_is_found_and_replaced(ray_address, tmp_path):
         pid = db.status()["coordinator"]["pid"]
         os.kill(pid, signal.SIGSTOP)
         assert db.call("transfer", src, dst, 7) == START_BALANCE - 7  # the client waits for the new one
-        wait_until(lambda: any(f["kind"] == "coordinator-failure" and f["state"] == "recovered"
-                               for f in db.faults()), timeout_s=60, what="a recovered coordinator-failure report")
-        [report] = [f for f in db.faults() if f["kind"] == "coordinator-failure"]
+        report = _coordinator_report(db)
         assert report["impact"]["cause"] == "hang" and report["where"]["actors"][0]["pid"] == pid
         assert db.status()["coordinator"]["pid"] != pid
-        expected = {i: START_BALANCE for i in range(ACCOUNTS)}
-        expected[src] -= 7
-        expected[dst] += 7
+        expected = _after((src, dst, 7))
         _check(db, expected)
     finally:
         db.shutdown()
@@ -279,26 +288,24 @@ def test_random_kills_under_load_lose_nothing(ray_address, tmp_path):
         for t in threads:
             t.start()
         rng = random.Random(7)
-        time.sleep(1.5)
+
+        def committed_more(n: int) -> None:
+            """Wait until ``n`` more transfers than now have committed (the load goes on)."""
+            target = len(_committed(outcomes)) + n
+            wait_until(lambda: len(_committed(outcomes)) >= target, timeout_s=120, what=f"{n} more commits")
+
+        committed_more(20)
         os.kill(db.status()["coordinator"]["pid"], signal.SIGKILL)
-        time.sleep(1 + rng.random())
+        committed_more(1 + rng.randrange(20))
         victim = next(r for r in db.status()["replicas"] if r["role"] == "leader" and r["partition"] == rng.randrange(2))
         os.kill(victim["pid"], signal.SIGKILL)
-        time.sleep(3)
+        committed_more(50)  # after both faults
         stop.set()
         for t in threads:
             t.join()
-        expected = {i: START_BALANCE for i in range(ACCOUNTS)}
-        unknown = []
-        for (src, dst, amount), out in outcomes:
-            if isinstance(out, OutcomeUnknown):
-                unknown.append(out)
-            elif not isinstance(out, OhmError):
-                expected[src] -= amount
-                expected[dst] += amount
+        unknown = [out for _, out in outcomes if isinstance(out, OutcomeUnknown)]
         assert unknown == [], "the client resends with request ids until each outcome is known"
-        assert sum(1 for _, o in outcomes if not isinstance(o, OhmError)) > 50
-        _check(db, expected)
+        _check(db, _after(*_committed(outcomes)))
         kinds = {f["kind"] for f in db.faults()}
         assert {"coordinator-failure", "crash"} <= kinds
     finally:
@@ -312,15 +319,12 @@ def test_a_participant_left_in_doubt_asks_the_holder_and_obeys(ray_address, tmp_
     db = _bank("test-mp-settle", tmp_path, partitions=2, mp_settle_after_s=1.0)
     try:
         src, dst = _pair(2)
-        leader = next(r for r in db.status()["replicas"] if r["partition"] == 1 and r["role"] == "leader")
-        runtime.call(runtime.find(leader["actor_name"]), "inject_fault", "drop-decisions", timeout_s=30)
+        leader = _lose_decisions(db)
         assert db.call("transfer", src, dst, 15) == START_BALANCE - 15
-        expected = {i: START_BALANCE for i in range(ACCOUNTS)}
-        expected[src] -= 15
-        expected[dst] += 15
+        expected = _after((src, dst, 15))
         _check(db, expected)
-        digest = runtime.call(runtime.find(leader["actor_name"]), "digest", timeout_s=30)
-        assert digest["role"] == "leader" and digest["mp_open"] == 0  # the same leader settled it
+        now = next(r for r in db.status()["replicas"] if r["partition"] == 1 and r["role"] == "leader")
+        assert now["actor_name"] == leader["actor_name"]  # settled by the same leader: no failover involved
     finally:
         db.shutdown()
 
@@ -335,19 +339,16 @@ def test_a_txn_in_doubt_survives_a_full_restart_and_is_finished(ray_address, tmp
     db = _bank(name, tmp_path, partitions=2)
     src, dst = _pair(2)
     try:
-        leader = next(r for r in db.status()["replicas"] if r["partition"] == 1 and r["role"] == "leader")
-        runtime.call(runtime.find(leader["actor_name"]), "inject_fault", "drop-decisions", timeout_s=30)
+        leader = _lose_decisions(db)
         assert db.call("transfer", src, dst, 20) == START_BALANCE - 20
-        assert runtime.call(runtime.find(leader["actor_name"]), "digest", timeout_s=30)["mp_open"] == 1
+        assert _open_at(leader) == 1
         if snapshot:
             db.snapshot()
     finally:
         db.shutdown()
     again = Cluster.create(bank.schema(), partitions=2, k=1, name=name, data_dir=str(tmp_path))
     try:
-        expected = {i: START_BALANCE for i in range(ACCOUNTS)}
-        expected[src] -= 20
-        expected[dst] += 20
+        expected = _after((src, dst, 20))
         _check(again, expected)
         assert again.status()["coordinator"]["recovery"]["in_doubt"] == 1  # it was found and finished
         recovered = [r["recovery"] for r in again.status()["replicas"] if r["partition"] == 1]
