@@ -16,9 +16,9 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table as RichTable
 
+from actors import cli_bench
 from actors.errors import OhmError
 
 console = Console(stderr=True)
@@ -33,25 +33,7 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="run a workload benchmark", description="Run a workload benchmark.")
     wl = bench.add_subparsers(dest="workload", required=True, metavar="WORKLOAD")
-    v = wl.add_parser("voter", help="VoltDB's voter workload",
-                      description="VoltDB's voter sample: phone-in votes, a vote limit per phone, results per contestant. "
-                                  "Starts a local Ray instance unless --address is given.")
-    v.add_argument("--partitions", type=int, default=2, help="partitions (default 2)")
-    v.add_argument("--clients", type=int, default=4, help="concurrent client threads (default 4)")
-    v.add_argument("--batch", type=int, default=500, help="transactions per call_many batch (default 500)")
-    amount = v.add_mutually_exclusive_group()
-    amount.add_argument("--duration", type=float, metavar="SECONDS", help="run for this long")
-    amount.add_argument("--transactions", type=int, metavar="N", help="run this many transactions (default 200000)")
-    v.add_argument("--seed", type=int, default=1, help="seed of the generated calls (default 1)")
-    v.add_argument("--contestants", type=int, default=6, help="contestants, 1..12 (default 6)")
-    v.add_argument("--max-votes", type=int, default=2, help="votes allowed per phone number (default 2)")
-    v.add_argument("--k", type=int, default=1, help="replicas per partition beyond the leader (default 1)")
-    v.add_argument("--durability", choices=["sync", "async", "off"], default="sync",
-                   help="sync: fsync before acknowledging (default); async: fsync every 200 ms; off: memory only")
-    v.add_argument("--data-dir", metavar="DIR", help="keep the database here (default: a temporary directory, removed after)")
-    v.add_argument("--json", metavar="PATH", help="write the report as JSON here")
-    v.add_argument("--address", help="Ray cluster address ('auto' for a running local one); default: start one")
-    v.add_argument("--quiet", action="store_true", help="no progress bar")
+    cli_bench.add_parsers(wl)
 
     rp = wl.add_parser("replication", help="cost of k=1, failover time, rebuild rate (side by side)",
                        description="Voter at k=0 and k=1 with the same calls (throughput ratio); then a k=1 cluster "
@@ -74,20 +56,6 @@ def _parser() -> argparse.ArgumentParser:
     fb.add_argument("--big-rows", type=int, default=1_000_000, help="votes loaded into the rebuilt partition (about twice as many rows; "
                     "default 1000000; 0 skips)")
     _run_args(fb)
-
-    bk = wl.add_parser("bank", help="transfers: a multi-partition (2PC) transfer's cost next to a local one",
-                       description="Money transfers between accounts: a phase of single-partition transfers, then "
-                                   "a phase of cross-partition (two-phase commit) transfers, side by side in one run; "
-                                   "a reader checks all the while that the total is unchanged and no balance is "
-                                   "negative. Exits 1 when that check fails.")
-    bk.add_argument("--partitions", type=int, default=4, help="partitions (default 4)")
-    bk.add_argument("--k", type=int, default=1, help="replicas per partition beyond the leader (default 1)")
-    bk.add_argument("--clients", type=int, default=8, help="concurrent client threads per phase (default 8)")
-    bk.add_argument("--batch", type=int, default=1, help="transfers per call_many batch; 1: one call at a time (default 1)")
-    bk.add_argument("--duration", type=float, default=5.0, metavar="SECONDS", help="length of each phase (default 5)")
-    bk.add_argument("--accounts", type=int, default=10_000, help="accounts (default 10000)")
-    bk.add_argument("--out", metavar="DIR", help="write report.json into this directory")
-    _run_args(bk)
 
     st = sub.add_parser("status", help="show a running cluster's map", description="Show a running cluster's map.")
     st.add_argument("--name", default="ohmdb", help="cluster name (default ohmdb)")
@@ -162,42 +130,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from workloads.bench import TRANSACTIONS_DEFAULT, BenchConfig, run_voter, write_report
-
     if args.workload == "replication":
         return _bench_replication(args)
     if args.workload == "faults":
         return _bench_faults(args)
-    if args.workload == "bank":
+    if args.workload == "bank" and args.compare:
         return _bench_bank(args)
-
-    transactions = args.transactions
-    if args.duration is None and transactions is None:
-        transactions = TRANSACTIONS_DEFAULT
-    cfg = BenchConfig(
-        workload=args.workload, partitions=args.partitions, clients=args.clients, batch=args.batch,
-        duration_s=args.duration, transactions=transactions, seed=args.seed,
-        contestants=args.contestants, max_votes=args.max_votes, address=args.address,
-        durability=args.durability, data_dir=args.data_dir, k=args.k,
-    ).validate()
-    total = cfg.transactions
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), console=console, disable=args.quiet, transient=True) as progress:
-        task = progress.add_task("voter", total=total or cfg.duration_s, info="")
-
-        def on_progress(tally: Any, elapsed_s: float) -> None:
-            done = tally.committed + tally.aborted + tally.errors
-            rate = done / elapsed_s if elapsed_s else 0.0
-            progress.update(task, completed=done if total else min(elapsed_s, cfg.duration_s or 0),
-                            info=f"{done:,} txns  {rate:,.0f}/s")
-
-        report = run_voter(cfg, on_progress=on_progress,
-                           on_phase=lambda msg: progress.update(task, description=msg))
-    _print_summary(report)
-    if args.json:
-        write_report(report, args.json)
-        console.print(f"report written to {args.json}")
-    return 0 if report["ok"] else 1
+    return cli_bench.run(args, out, console)
 
 
 def _bench_faults(args: argparse.Namespace) -> int:
@@ -273,7 +212,7 @@ def _bench_bank(args: argparse.Namespace) -> int:
     from workloads.bench import write_report
 
     cfg = BankBenchConfig(partitions=args.partitions, k=args.k, clients=args.clients, batch=args.batch,
-                          duration_s=args.duration, accounts=args.accounts, durability=args.durability,
+                          duration_s=args.duration or 5.0, accounts=args.accounts, durability=args.durability,
                           seed=args.seed, address=args.address).validate()
     with console.status("starting") as spinner:
         report = run(cfg, on_phase=lambda msg: spinner.update(msg))
@@ -307,37 +246,6 @@ def _bench_bank(args: argparse.Namespace) -> int:
         write_report(report, path)
         console.print(f"report written to {path}")
     return 0 if inv["ok"] else 1
-
-
-def _print_summary(report: dict[str, Any]) -> None:
-    t = RichTable(title=f"ohmdb bench {report['workload']}", show_header=True)
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    lat = report["latency_ms"]
-    rows = [
-        ("partitions / k / clients / batch", f"{report['config']['partitions']} / {report['config']['k']} / {report['config']['clients']} / {report['config']['batch']}"),
-        ("durability: fsyncs / log batches", f"{report['cluster']['durability']}: {report['cluster']['fsyncs']:,} / {report['cluster']['log_batches']:,}"),
-        ("transactions", f"{report['transactions']:,}"),
-        ("committed", f"{report['committed']:,}"),
-        ("aborted (rejected votes)", f"{report['aborted']:,} {report['abort_reasons'] or ''}"),
-        ("errors", f"{report['errors']:,} {report['error_codes'] or ''}"),
-        ("duration", f"{report['duration_s']:.2f} s"),
-        ("throughput", f"{report['throughput_tps']:,.0f} txn/s"),
-        ("latency p50 / p95 / p99 / max", f"{lat['p50']:.1f} / {lat['p95']:.1f} / {lat['p99']:.1f} / {lat['max']:.1f} ms"),
-        ("ceiling (in-process core)", f"{report['ceiling_tps']:,.0f} txn/s"),
-        ("ratio to ceiling", f"{report['ratio_to_ceiling']}"),
-    ]
-    for name, check in report["checks"].items():
-        rows.append((f"check {name}", ("[green]ok[/green] " if check["ok"] else "[red]FAILED[/red] ") + check["detail"]))
-    for name, value in rows:
-        t.add_row(name, value)
-    out.print(t)
-    r = RichTable(title="results", show_header=True)
-    for col in ("contestant", "name", "votes"):
-        r.add_column(col)
-    for row in report["results"]:
-        r.add_row(str(row["contestant_number"]), row["contestant_name"], f"{row['votes']:,}")
-    out.print(r)
 
 
 # --- status / shutdown -------------------------------------------------------------------------

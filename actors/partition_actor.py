@@ -49,7 +49,7 @@ from actors.schema import Schema
 from actors.sequencer import Sequencer
 from recovery import segments
 from recovery.catalog import replica_dir
-from recovery.cluster_map import FOLLOWER, LEADER, supervisor_name
+from recovery.cluster_map import FOLLOWER, LEADER, NOT_A_MEMBER, supervisor_name
 from recovery.replication import ACCEPT, STALE, WAIT, AckTracker, follower_verdict
 from recovery.group_commit import OFF, RedoLog
 from recovery.log_format import LogCodec, batch_crc
@@ -275,10 +275,16 @@ class PartitionReplica:
         if supervisor is None:
             return
         try:
-            await runtime.get_async(runtime.submit(supervisor, "follower_failed", self.core.partition_id, name,
-                                                         self.epoch, code))
+            verdict = await runtime.get_async(runtime.submit(supervisor, "follower_failed", self.core.partition_id,
+                                                             name, self.epoch, code))
         except OhmError as err:
             log.error("could not report follower %s: %s", name, err)
+            return
+        if verdict == NOT_A_MEMBER and name in self.followers:
+            log.warning("follower %s is no member of the cluster map: dropped from the configuration", name)
+            self.followers.pop(name, None)
+            self.acks.acked.pop(name, None)
+            self._release_acks()
 
     async def _replicated(self, lsn: int) -> OhmError | None:
         if self.acks.replicated_lsn(self.log.held_lsn) >= lsn:

@@ -38,6 +38,8 @@ CONTROL_THREADS = 2
 ACTOR_CPUS = 0.0
 #: Poll interval while waiting for a killed actor's name to be released.
 NAME_POLL_S = 0.05
+#: How long a signal sent through a task on another node may take.
+SIGNAL_TIMEOUT_S = 10.0
 
 log = logging.getLogger("ohmdb.runtime")
 _remote_classes: dict[type, Any] = {}
@@ -164,6 +166,62 @@ def kill_process(node_id: str | None, pid: int | None) -> None:
     task = ray.remote(num_cpus=0, max_retries=0)(_sigkill).options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False))
     task.remote(pid)
+
+
+def _signal(pid: int, signum: int) -> bool:
+    try:
+        os.kill(pid, signum)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
+def signal_process(node_id: str | None, pid: int, signum: int) -> bool:
+    """Send ``signum`` to ``pid`` on its node (fault injection): directly here, by a pinned task elsewhere.
+
+    True when the signal was delivered (on another node: when the task says so).
+    """
+    if node_id is None or node_id == own_node_id():
+        return _signal(pid, signum)
+    task = ray.remote(num_cpus=0, max_retries=0)(_signal).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=node_id, soft=False))
+    try:
+        return bool(ray.get(task.remote(pid, signum), timeout=SIGNAL_TIMEOUT_S))
+    except (GetTimeoutError, RayActorError, RayTaskError):
+        return False
+
+
+class LocalNodes:
+    """A multi-node Ray cluster on this machine (``ray.cluster_utils.Cluster``): a head and workers.
+
+    For tests and benchmarks of node loss; ``connect(nodes.address)`` attaches to it.
+    """
+
+    def __init__(self, nodes: int, cpus_per_node: int = 1) -> None:
+        from ray.cluster_utils import Cluster as RayCluster
+
+        if nodes < 1:
+            raise ValueError(f"nodes must be at least 1, got {nodes}")
+        self._cluster = RayCluster(initialize_head=True, head_node_args={"num_cpus": cpus_per_node})
+        self._workers = {}
+        for _ in range(nodes - 1):
+            node = self._cluster.add_node(num_cpus=cpus_per_node)
+            self._workers[node.node_id] = node
+        self._cluster.wait_for_nodes()
+        self.address = self._cluster.address
+
+    def worker_ids(self) -> list[str]:
+        """Node ids of the workers still in the cluster (the head is never removed)."""
+        return sorted(self._workers)
+
+    def remove(self, node_id: str) -> None:
+        """Remove a worker node abruptly (its processes are killed)."""
+        node = self._workers.pop(node_id)
+        self._cluster.remove_node(node, allow_graceful=False)
+
+    def shutdown(self) -> None:
+        disconnect()
+        self._cluster.shutdown()
 
 
 def restart(handle: Any) -> None:

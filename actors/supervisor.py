@@ -57,7 +57,7 @@ from actors.watch import FaultEvent, Target, WatchSettings, Watcher
 from actors.coordinator_keeper import CoordinatorKeeper
 from actors.watchdog import WATCHDOG_NOTE_KEY, NodeProbe, Watchdog, probe_name, watchdog_name
 from recovery.cluster_map import (
-    DEAD, FOLLOWER, LEADER, SERVING, STARTING, ClusterMap, ReplicaInfo, replica_name, trusted_nodes,
+    DEAD, FOLLOWER, LEADER, NOT_A_MEMBER, SERVING, STARTING, ClusterMap, ReplicaInfo, replica_name, trusted_nodes,
 )
 from recovery.faults import (
     CORRUPT_LOG, CRASH, HANG, LOG_WRITE_FAILURE, NODE_LOSS, SUPERVISOR_RESTART, UNRECOVERED, FaultBook, FaultReport,
@@ -478,16 +478,25 @@ class Supervisor:
         self._handle(FaultEvent(kind, signal, [name], lead[0].node_id, time.time(), self._heard(name)))
         return self.routing()
 
-    def follower_failed(self, partition: int, actor_name: str, epoch: int, code: str = "ACTOR_DIED") -> bool:
-        """A leader could not replicate to a follower: that follower is taken out and replaced."""
+    def follower_failed(self, partition: int, actor_name: str, epoch: int, code: str = "ACTOR_DIED") -> str | None:
+        """A leader could not replicate to a follower: that follower is taken out and replaced.
+
+        ``NOT_A_MEMBER`` when the map holds no live follower of that name (a rebuild an earlier
+        incarnation of this supervisor started and this one killed, or one already replaced): the
+        leader drops it from its configuration instead of waiting for it.
+        """
         kind = LOG_WRITE_FAILURE if code == "LOG_WRITE_FAILED" else CRASH
         with self._lock:
-            rep = next((r for r in self._map().of_partition(partition) if r.actor_name == actor_name), None)
-            if rep is None or rep.state == DEAD or rep.role != FOLLOWER:
-                return False
+            m = self._map()
+            rep = next((r for r in m.of_partition(partition) if r.actor_name == actor_name), None)
+            if rep is None or rep.state == DEAD:
+                current = any(r.role == LEADER and r.state == SERVING and r.epoch == epoch for r in m.of_partition(partition))
+                return NOT_A_MEMBER if current else None
+            if rep.role != FOLLOWER:
+                return None
         report = self._handle(FaultEvent(kind, f"leader-saw-{code.lower()}", [actor_name], rep.node_id, time.time(),
                                          self._heard(actor_name)))
-        return report is not None
+        return None if report is None else "replacing"
 
     def _heard(self, name: str) -> float | None:
         return self.watcher.last_heard(name) if self.watcher else None
@@ -726,9 +735,15 @@ class Supervisor:
                 continue
             serving = [r for r in m.of_partition(p) if r.state == SERVING]
             lead = [r for r in serving if r.role == LEADER]
-            stray = [r for r in serving if lead and r.role != LEADER
-                     and r.actor_name not in answers[lead[0].actor_name]["followers"]]
-            if stray:  # followed the leader but was never (or no longer) in its configuration
+            if not lead:
+                continue
+            held = answers[lead[0].actor_name]["followers"]
+            stray = [r for r in serving if r.role != LEADER and r.actor_name not in held]
+            known = {r.actor_name for r in serving}
+            extra = [name for name in held if name not in known]
+            # stray: followed the leader but was never (or no longer) in its configuration; extra: in the
+            # leader's configuration but killed above (a rebuild the old supervisor did not finish).
+            if stray or extra:
                 self._followers_lost(p, stray, report)
 
     # -- viability ---------------------------------------------------------------------------------

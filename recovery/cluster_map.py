@@ -25,6 +25,8 @@ FOLLOWER = "follower"
 STARTING = "starting"
 SERVING = "serving"
 DEAD = "dead"
+#: The supervisor's answer to a leader reporting a follower the map holds no live member of that name.
+NOT_A_MEMBER = "not-a-member"
 
 
 def supervisor_name(cluster: str) -> str:

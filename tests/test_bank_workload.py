@@ -193,11 +193,10 @@ def test_procedures_carry_the_right_flags():
 
 
 def test_schema_registers_the_procedures():
-    """Fails with InvalidConfig until Schema accepts multi-partition writes (the 2PC coordinator)."""
     schema = bank.schema()
-    assert set(schema.procedures) == {"transfer_local", "transfer", "total"}
+    assert set(schema.procedures) == {"transfer_local", "transfer", "total", "all_balances"}
     assert schema.procedures["transfer"].multi_partition and not schema.procedures["transfer"].read_only
-    assert schema.procedures["total"].read_only
+    assert schema.procedures["total"].read_only and schema.procedures["all_balances"].read_only
     assert schema.tables["accounts"].partition_by == "id"
 
 
@@ -433,7 +432,7 @@ def test_cli_prints_both_phases_writes_the_report_and_exits_on_the_invariant(mon
 
     monkeypatch.setattr(bank_bench, "run", fake_run)
     monkeypatch.setattr(bank_bench, "TOTAL_READ_INTERVAL_S", 0.02)
-    code = cli.main(["bench", "bank", "--duration", "0.1", "--clients", "2", "--accounts", str(ACCOUNTS),
+    code = cli.main(["bench", "bank", "--compare", "--duration", "0.1", "--clients", "2", "--accounts", str(ACCOUNTS),
                      "--durability", "off", "--out", str(tmp_path)])
     assert code == (1 if broken else 0)
     printed = capsys.readouterr().out

@@ -26,6 +26,7 @@ def _ohmdb(args: list[str], env: dict | None = None, timeout: float = 180) -> su
 
 
 @pytest.mark.parametrize("args", [["--help"], ["bench", "--help"], ["bench", "voter", "--help"],
+                                  ["bench", "ycsb", "--help"], ["bench", "append", "--help"], ["bench", "bank", "--help"],
                                   ["status", "--help"], ["shutdown", "--help"], ["faults", "--help"],
                                   ["bench", "faults", "--help"]])
 def test_help_everywhere(args):
@@ -39,6 +40,42 @@ def test_bad_usage_exits_2_with_a_message():
     assert proc.returncode == 2 and "--batch must be at least 1" in proc.stderr
     proc = _ohmdb(["bench", "voter", "--duration", "1", "--transactions", "5"], timeout=60)
     assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
+
+
+def test_bad_fault_specs_exit_2_naming_the_bad_part():
+    proc = _ohmdb(["bench", "bank", "--duration", "5", "--faults", "kill:leader@2s,pause:follower@3s"], timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "fault 2 'pause:follower@3s': pause needs a duration, e.g. pause:follower@3s:2s" in proc.stderr
+    proc = _ohmdb(["bench", "ycsb", "--faults", "node@3s"], timeout=60)
+    assert proc.returncode == 2 and "node faults remove a Ray node: give --nodes 2 or more" in proc.stderr
+    proc = _ohmdb(["bench", "ycsb", "--mix", "z", "--address", "127.0.0.1:1"], timeout=60)
+    assert proc.returncode == 2 and "unknown YCSB mix 'z'" in proc.stderr
+
+
+def test_bench_ycsb_short_run_writes_the_output_directory(subprocess_env, ray_address, tmp_path):
+    out = tmp_path / "ycsb"
+    proc = _ohmdb(["bench", "ycsb", "--mix", "f", "--duration", "2", "--clients", "2", "--batch", "20",
+                   "--records", "500", "--durability", "off", "--faults", "kill:leader@1s",
+                   "--address", ray_address, "--out", str(out), "--quiet"], env=subprocess_env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for text in ("checks", "acknowledged_writes", "applied_once", "faults", "kill leader", "crash (recovered)"):
+        assert text in proc.stdout, text
+    report = json.loads((out / "report.json").read_text())
+    assert report["workload"] == "ycsb" and report["ok"] and report["faults"][0]["report"]["recovery_s"] > 0
+    assert (out / "timeline.png").stat().st_size > 10_000 and (out / "history.jsonl").stat().st_size > 0
+
+
+def test_bench_bank_on_three_nodes_survives_a_node_removal(tmp_path):
+    """Its own multi-node Ray cluster on this machine (--nodes), one worker node removed under load."""
+    out = tmp_path / "node"
+    proc = _ohmdb(["bench", "bank", "--nodes", "3", "--partitions", "2", "--clients", "2", "--batch", "5",
+                   "--duration", "8", "--faults", "node@3s", "--durability", "off", "--accounts", "1000",
+                   "--out", str(out), "--quiet"], timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["nodes"] == 3 and report["ok"]
+    (fault,) = report["faults"]
+    assert fault["label"] == "remove node" and fault["report"]["kind"] in ("node-loss", "hang", "crash")
 
 
 def test_bench_voter_short_run_writes_report(subprocess_env, ray_address, tmp_path):
@@ -152,7 +189,7 @@ def test_bench_replication_short_run(subprocess_env, ray_address, tmp_path):
 def test_bench_bank_short_run(subprocess_env, ray_address, tmp_path):
     """Both phases through a real cluster; the invariant holds; the report has both phases' figures."""
     path = tmp_path / "bank.json"
-    proc = _ohmdb(["bench", "bank", "--partitions", "2", "--clients", "2", "--batch", "10", "--duration", "1.5",
+    proc = _ohmdb(["bench", "bank", "--compare", "--partitions", "2", "--clients", "2", "--batch", "10", "--duration", "1.5",
                    "--accounts", "500", "--durability", "off", "--address", ray_address, "--json", str(path)],
                   env=subprocess_env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

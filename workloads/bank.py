@@ -17,6 +17,7 @@ so the sum of all balances never changes and no balance goes below zero:
   partition are not concurrent).  Returns src's new balance.
 * ``total()`` -- a consistent read-only multi-partition read: every partition
   reports (sum of balances, rows, negative balances); summed into one dict.
+* ``all_balances()`` -- every account's balance, one consistent read (checkers).
 
 Fragments are module-level functions: they are pickled to the partitions.
 
@@ -102,7 +103,12 @@ def balances(ftx) -> tuple[int, int, list[tuple[int, int]]]:
     return total, rows, negative
 
 
-FRAGMENTS = (debit, credit, transfer_within, balances)
+def balance_rows(ftx) -> list[tuple[int, int]]:
+    """Every (id, balance) of this partition."""
+    return [(row["id"], row["balance"]) for row in ftx.scan("accounts")]
+
+
+FRAGMENTS = (debit, credit, transfer_within, balances, balance_rows)
 
 
 # --- procedures ------------------------------------------------------------------------
@@ -150,9 +156,15 @@ def total(tx) -> dict[str, Any]:
     return out
 
 
+@procedure(multi_partition=True, read_only=True)
+def all_balances(tx) -> list[tuple[int, int]]:
+    """Every account's (id, balance), one consistent read, sorted by id."""
+    return sorted(pair for part in tx.run_all(balance_rows) for pair in part)
+
+
 def schema() -> Schema:
     """Needs a Schema that accepts multi-partition writes (the 2PC coordinator)."""
-    return Schema(tables=[accounts], procedures=[transfer_local, transfer, total])
+    return Schema(tables=[accounts], procedures=[transfer_local, transfer, total, all_balances])
 
 
 def initial_data(accounts: int = ACCOUNTS_DEFAULT, balance: int = BALANCE_DEFAULT) -> dict[str, list[dict[str, int]]]:

@@ -14,6 +14,7 @@ Tables (as in VoltDB's sample, with primary keys our tables require):
 unknown contestant and a phone over its vote limit, otherwise records the vote
 with the caller's state (from the area code).  ``results()`` is a read-only
 scatter-gather: every partition tallies its votes, the totals are summed.
+``votes_of(phone_number)`` lists a phone's recorded votes (for the checkers).
 
 ``VoterGenerator`` makes the call stream from a passed-in ``random.Random``:
 area codes from a fixed list, a bounded pool of numbers per area code (so some
@@ -134,6 +135,15 @@ def vote(tx, phone_number: int, contestant_number: int, max_votes: int) -> int:
     return cast + 1
 
 
+@procedure(partition_by="phone_number", read_only=True)
+def votes_of(tx, phone_number: int) -> list[tuple[int, int]]:
+    """The phone's recorded votes: (vote_number, contestant_number), in order."""
+    voter = tx.get("voters", phone_number)
+    cast = 0 if voter is None else voter["votes_cast"]
+    rows = (tx.get("votes", (phone_number, n)) for n in range(1, cast + 1))
+    return [(row["vote_number"], row["contestant_number"]) for row in rows if row is not None]
+
+
 def _tally(tx) -> dict[int, int]:
     return dict(Counter(row["contestant_number"] for row in tx.scan("votes")))
 
@@ -153,7 +163,7 @@ def results(tx) -> list[tuple[int, str, int]]:
 
 
 def schema() -> Schema:
-    return Schema(tables=[contestants, area_code_state, voters, votes], procedures=[vote, results])
+    return Schema(tables=[contestants, area_code_state, voters, votes], procedures=[vote, results, votes_of])
 
 
 def initial_data(contestant_count: int = CONTESTANTS_DEFAULT) -> dict[str, list[dict[str, Any]]]:
