@@ -44,6 +44,23 @@ def test_voter_without_faults(ray_address):
     assert report["faults"] == [] and report["unknown"] == 0 and report["ceiling_tps"] > 0
 
 
+@pytest.mark.parametrize("make", [lambda: BankWorkload(600, partitions=2), lambda: YcsbWorkload("c", 300),
+                                  lambda: AppendWorkload(keys=6)], ids=["bank", "ycsb-c", "append"])
+def test_each_workload_without_faults(ray_address, make):
+    wl = make()
+    report = _run(ray_address, wl, clients=2, batch=4, duration_s=2.0)
+    assert report["ok"], _failed(report)
+    assert report["committed"] > 0 and report["unknown"] == 0 and report["faults"] == []
+    assert "faults" not in report["checks"] and len(report["checks"]) >= 2
+
+
+def test_voter_through_a_leader_pause(ray_address):
+    report = _run(ray_address, VoterWorkload(), clients=2, batch=50, duration_s=5.0, faults="pause:leader[p0]@1.5s:2s")
+    assert report["ok"], _failed(report)
+    _assert_faults_reported(report, 1)
+    assert report["faults"][0]["report"]["kind"] == "hang" and report["faults"][0]["resumed_s"] is not None
+
+
 def test_bank_with_a_leader_kill_a_follower_pause_and_a_coordinator_kill(ray_address):
     report = _run(ray_address, BankWorkload(1000, partitions=2), clients=3, batch=5, duration_s=7.0,
                   faults="kill:leader@1.5s,pause:follower@3s:1s,kill:coordinator@5s", seed=3)
