@@ -29,7 +29,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "voter": {"partitions": 2, "clients": 4, "batch": 500, "transactions": 200_000},
     "bank": {"partitions": 4, "clients": 8, "batch": 10, "duration": 10.0},
     "ycsb": {"partitions": 2, "clients": 4, "batch": 100, "duration": 10.0},
-    "append": {"partitions": 2, "clients": 4, "batch": 10, "duration": 10.0},
+    "append": {"partitions": 2, "clients": 4, "batch": 1, "duration": 10.0},
 }
 
 FAULTS_HELP = (
