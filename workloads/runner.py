@@ -301,6 +301,8 @@ def run(cfg: RunConfig, wl: Workload, hooks: Hooks | None = None) -> dict[str, A
         hooks.on_phase("measuring the in-process ceiling")
         ceiling_figures = ceiling(cfg)
     hooks.on_phase("starting the cluster")
+    if cfg.nodes > 1 and runtime.is_connected():
+        raise ValueError("--nodes starts its own Ray cluster; this process is already attached to one")
     nodes = runtime.LocalNodes(cfg.nodes) if cfg.nodes > 1 else None
     temp_dir = None
     data_dir = cfg.data_dir
@@ -392,6 +394,9 @@ def _report(cfg: RunConfig, db: Cluster, ops: list[Op], elapsed: float, started_
     faults = [f.to_dict() for f in inj.injected] if inj else []
     if state.errors:
         checks["clients"] = Verdict(False, f"{len(state.errors)} client thread(s) failed: {state.errors[0]!r}")
+    if not healed["whole"]:
+        checks["healed"] = Verdict(False, f"the cluster was not back to k+1 serving replicas per partition and a "
+                                          f"ready coordinator {healed['seconds']:g} s after the load stopped")
     if state.stuck:
         checks["clients_finished"] = Verdict(False, f"{state.stuck} client(s) still waiting for an answer "
                                                     f"{CLIENT_JOIN_S:g} s after the load stopped: the cluster "
