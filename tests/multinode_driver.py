@@ -61,21 +61,25 @@ def main() -> None:
                               "actors": [a["actor"] for a in f["where"]["actors"]], "durations": f["durations"]}
                              for f in db.faults()]
         outcome["victim_node"] = victim.node_id
-        outcome["minority"] = _minority(nodes, db, [w for w in workers if w is not victim])
+        outcome["minority"] = _minority(nodes, db, [w for w in workers if w is not victim], victim.node_id)
     print(json.dumps(outcome))
     db.shutdown()
     runtime.disconnect()
     nodes.shutdown()
 
 
-def _minority(nodes: RayCluster, db: Cluster, left: list) -> dict:
-    """Grow to three nodes again, then lose two at once: this side is a minority and stops writing."""
+def _minority(nodes: RayCluster, db: Cluster, left: list, removed: str) -> dict:
+    """Grow to three nodes again, then lose two at once: this side is a minority and stops writing.
+
+    First wait until the membership is exactly those three: with the removed node still counted, losing
+    two of four is "exactly half", decided by which side holds the lowest node id.
+    """
     added = nodes.add_node(num_cpus=1)
     nodes.wait_for_nodes()
-    deadline = time.monotonic() + 60  # the membership takes in a new node once the node set held still 5 s
-    while added.node_id not in db.status()["members"]:
+    deadline = time.monotonic() + 90  # the membership changes once the node set held still 5 s
+    while added.node_id not in (members := db.status()["members"]) or removed in members:
         if time.monotonic() > deadline:
-            raise RuntimeError("the supervisor never counted the added node as a member")
+            raise RuntimeError(f"the membership never became the three live nodes: {members}")
         time.sleep(0.2)
     for node in [*left, added]:
         nodes.remove_node(node, allow_graceful=False)
