@@ -134,7 +134,7 @@ def run(args: argparse.Namespace, out: Console, console: Console) -> int:
         faults=args.faults, seed=args.seed, out=args.out, address=args.address, data_dir=args.data_dir,
         options=_options(args)).validate()
     wl = make_workload(args)
-    with _progress(args, cfg, console) as hooks:
+    with _Progress(args, cfg, console) as hooks:
         report = runner.run(cfg, wl, hooks)
     peer = getattr(args, "peer", None)
     if peer:
@@ -152,7 +152,7 @@ def run(args: argparse.Namespace, out: Console, console: Console) -> int:
     return 0 if report["ok"] else 1
 
 
-class _progress:
+class _Progress:
     """A rich progress bar fed by the runner's hooks."""
 
     def __init__(self, args: argparse.Namespace, cfg: Any, console: Console) -> None:
@@ -180,7 +180,7 @@ class _progress:
         self.bar.update(self.task, completed=done, info=info)
 
     def _fault(self, fault: Any) -> None:
-        what = fault.skipped and f"skipped: {fault.skipped}" or f"{fault.actor or fault.node_id}"
+        what = f"skipped: {fault.skipped}" if fault.skipped else (fault.actor or fault.node_id)
         self.bar.console.print(f"  {fault.injected_s or fault.planned_s:7.2f}s  {fault.label}: {what}",
                                markup=False, highlight=False)
 

@@ -92,12 +92,12 @@ def test_unavailable_messages_name_what_is_missing(monkeypatch):
         peers.run_redis_voter(clients=1, batch=1, duration_s=0.1, seed=1, contestants=6, max_votes=2)
     message = str(redis_err.value)
     assert "redis-server" in message and "apt-get install redis-server" in message
-    assert "redis-py" in message and "pip install 'ohmdb[peers]'" in message
+    assert "redis-py" in message and "pip install -e '.[peers]'" in message
     with pytest.raises(peers.PeerUnavailable) as pg_err:
         peers.run_postgres_bank(clients=1, duration_s=0.1, accounts=10, seed=1)
     message = str(pg_err.value)
     assert "postgres" in message and "initdb" in message and "apt-get install postgresql" in message
-    assert "psycopg" in message and "pip install 'ohmdb[peers]'" in message
+    assert "psycopg" in message and "pip install -e '.[peers]'" in message
 
 
 def test_only_the_binary_missing_is_named(monkeypatch):

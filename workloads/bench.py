@@ -67,18 +67,24 @@ class BenchConfig:
     def validate(self) -> "BenchConfig":
         if self.workload != "voter":
             raise ValueError(f"unknown workload {self.workload!r}; available: voter")
-        for name in ("partitions", "clients", "batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1")
-        if (self.duration_s is None) == (self.transactions is None):
-            raise ValueError("give exactly one of --duration and --transactions")
-        if self.duration_s is not None and self.duration_s <= 0:
-            raise ValueError("--duration must be positive")
-        if self.transactions is not None and self.transactions < 1:
-            raise ValueError("--transactions must be at least 1")
-        if self.durability not in ("sync", "async", "off"):
-            raise ValueError(f"--durability must be sync, async or off, got {self.durability!r}")
+        validate_load(self.partitions, self.clients, self.batch, self.durability, self.duration_s, self.transactions)
         return self
+
+
+def validate_load(partitions: int, clients: int, batch: int, durability: str,
+                  duration_s: float | None, transactions: int | None) -> None:
+    """The checks every benchmark's load settings share; ValueError naming the option."""
+    for name, value in (("partitions", partitions), ("clients", clients), ("batch", batch)):
+        if value < 1:
+            raise ValueError(f"--{name} must be at least 1")
+    if (duration_s is None) == (transactions is None):
+        raise ValueError("give exactly one of --duration and --transactions")
+    if duration_s is not None and duration_s <= 0:
+        raise ValueError("--duration must be positive")
+    if transactions is not None and transactions < 1:
+        raise ValueError("--transactions must be at least 1")
+    if durability not in ("sync", "async", "off"):
+        raise ValueError(f"--durability must be sync, async or off, got {durability!r}")
 
 
 @dataclass

@@ -80,6 +80,7 @@ class History:
         self._origin = clock()
         self._ops_max = ops_max
         self._ops: list[Op] = []
+        self._counts = {t: 0 for t in (INVOKE, *COMPLETIONS)}  # stored ops by type, kept as they change
         self._lock = threading.Lock()
         self.truncated = False
         self.dropped = 0
@@ -105,6 +106,7 @@ class History:
                     continue
                 op = Op(len(self._ops), process, f, value, at)
                 self._ops.append(op)
+                self._counts[INVOKE] += 1
                 out.append(op)
         return out
 
@@ -116,13 +118,16 @@ class History:
         if len(ops) != len(outcomes):
             raise ValueError(f"{len(ops)} ops but {len(outcomes)} outcomes")
         at = self.now()
-        for op, outcome in zip(ops, outcomes):
-            if op is None or op.error == OPEN_AT_END:  # closed at the end of the run: stays unknown
-                continue
-            if op.type != INVOKE:
-                raise ValueError(f"op {op.id} completed twice")
-            op.type, op.result, op.error = classify(outcome)
-            op.complete_s = at
+        with self._lock:
+            for op, outcome in zip(ops, outcomes):
+                if op is None or op.error == OPEN_AT_END:  # closed at the end of the run: stays unknown
+                    continue
+                if op.type != INVOKE:
+                    raise ValueError(f"op {op.id} completed twice")
+                op.type, op.result, op.error = classify(outcome)
+                op.complete_s = at
+                self._counts[INVOKE] -= 1
+                self._counts[op.type] += 1
 
     def ops(self) -> list[Op]:
         """Every stored op; ops still open are returned as they are (type ``invoke``)."""
@@ -138,13 +143,14 @@ class History:
                 if op.type == INVOKE:
                     op.type, op.error, op.complete_s = UNKNOWN, OPEN_AT_END, at
                     n += 1
+            self._counts[INVOKE] -= n
+            self._counts[UNKNOWN] += n
         return n
 
     def counts(self) -> dict[str, int]:
-        out = {t: 0 for t in (INVOKE, *COMPLETIONS)}
-        for op in self.ops():
-            out[op.type] += 1
-        return out
+        """Stored ops by type (cheap: the progress display asks often)."""
+        with self._lock:
+            return dict(self._counts)
 
 
 def events(ops: Iterable[Op]) -> list[dict[str, Any]]:

@@ -47,8 +47,8 @@ log = logging.getLogger("ohmdb.injector")
 
 #: A report detected this long before the injection time (clock skew, rounding) still matches.
 MATCH_SLACK_S = 1.0
-#: Longest wait for the status a target is resolved from.
-STATUS_WAIT_S = 30.0
+#: Longest the injector thread sleeps before looking at its stop flag again.
+INJECTOR_POLL_S = 0.5
 
 
 @dataclass
@@ -120,10 +120,10 @@ class Injector:
         """Resume due pauses while waiting; False when stopped."""
         while not self._stop.is_set():
             self._resume_due()
-            wait = min([at_s - self.now()] + [f.injected_s + f.pause_s - self.now() for f in self._paused])
-            if wait <= 0 and at_s <= self.now():
+            if self.now() >= at_s:
                 return True
-            self._stop.wait(max(0.0, min(wait, 0.5)))
+            next_s = min([at_s] + [f.injected_s + f.pause_s for f in self._paused])
+            self._stop.wait(min(max(0.0, next_s - self.now()), INJECTOR_POLL_S))
         return False
 
     def _resume_due(self) -> None:
@@ -222,7 +222,7 @@ def match_reports(injected: list[Injected], reports: list[dict[str, Any]]) -> No
 
 def all_settled(injected: list[Injected]) -> bool:
     """Every fault that must be reported has a recovered report."""
-    return all(_problem(f, float("inf")) is None for f in injected if f.action != PAUSE or f.report is not None)
+    return all(_problem(f, float("inf")) is None for f in injected)
 
 
 def _problem(fault: Injected, detect_ceiling_s: float) -> str | None:

@@ -112,7 +112,7 @@ BALANCE_INITIAL = bank.BALANCE_DEFAULT
 XID_FORMAT_ID = 0x0D8
 INSTALL_REDIS = "apt-get install redis-server"
 INSTALL_POSTGRES = "apt-get install postgresql"
-INSTALL_DRIVERS = "pip install 'ohmdb[peers]'"
+INSTALL_DRIVERS = "pip install -e '.[peers]'"
 
 K_CONTESTANTS = "contestants"
 K_AREA_CODES = "area_code_state"

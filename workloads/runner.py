@@ -43,7 +43,7 @@ from actors import runtime
 from actors.client import Cluster
 from actors.errors import OhmError
 from workloads import fault_spec, injector, timeline
-from workloads.bench import write_report
+from workloads.bench import validate_load, write_report
 from workloads.history import History, Op, write_jsonl
 from workloads.workload import Verdict, Workload
 
@@ -86,19 +86,11 @@ class RunConfig:
         """Check the configuration as a whole; ValueError naming what is wrong."""
         if self.workload not in WORKLOADS:
             raise ValueError(f"unknown workload {self.workload!r}; available: {', '.join(WORKLOADS)}")
-        for name in ("partitions", "clients", "batch", "nodes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1")
+        validate_load(self.partitions, self.clients, self.batch, self.durability, self.duration_s, self.transactions)
+        if self.nodes < 1:
+            raise ValueError("--nodes must be at least 1")
         if self.k < 0:
             raise ValueError("--k must be at least 0")
-        if self.durability not in ("sync", "async", "off"):
-            raise ValueError(f"--durability must be sync, async or off, got {self.durability!r}")
-        if (self.duration_s is None) == (self.transactions is None):
-            raise ValueError("give exactly one of --duration and --transactions")
-        if self.duration_s is not None and self.duration_s <= 0:
-            raise ValueError("--duration must be positive")
-        if self.transactions is not None and self.transactions < 1:
-            raise ValueError("--transactions must be at least 1")
         if self.rate is not None and (self.rate <= 0 or self.transactions is not None):
             raise ValueError("--rate must be positive and goes with --duration (an open loop runs for a time)")
         if self.nodes > 1 and self.address is not None:
@@ -118,7 +110,6 @@ class RunConfig:
 class LoadState:
     stop: threading.Event = field(default_factory=threading.Event)
     late_batches: int = 0
-    sent: int = 0
     stuck: int = 0  # client threads still waiting for an answer CLIENT_JOIN_S after the end
     errors: list[BaseException] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -153,8 +144,6 @@ def _closed_loop(db: Cluster, cfg: RunConfig, wl: Workload, process: int, histor
         ops = history.invoke_many(process, f, args)
         outcomes = _outcomes(lambda: db.call_many(f, args), len(args))
         history.complete_many(ops, outcomes)
-        with state.lock:
-            state.sent += len(args)
         if remaining is not None:
             remaining -= len(args)
 
@@ -183,8 +172,6 @@ def _open_loop(db: Cluster, cfg: RunConfig, wl: Workload, process: int, history:
             except OhmError as exc:
                 future = exc
             pending.put((ops, future, len(args)))  # blocks when too many are in flight: the client falls behind
-            with state.lock:
-                state.sent += len(args)
             due += interval_s
     finally:
         pending.put(None)
