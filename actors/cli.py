@@ -57,6 +57,19 @@ def _parser() -> argparse.ArgumentParser:
                     "default 1000000; 0 skips)")
     _run_args(fb)
 
+    fp = wl.add_parser("floor", help="what Ray and Python cost here before ohmdb does any work",
+                       description="Measure the platform floors every ohmdb figure sits on, in one run: the p50 "
+                                   "latency of call chains through 1-4 empty actors (threaded and async), the latency "
+                                   "floors of a cross-partition transaction they imply, and the procedure ceilings of "
+                                   "voter and bank on one in-process core, bare and with k=1's least work (log "
+                                   "encode, decode, apply on a follower core).")
+    fp.add_argument("--calls", type=int, default=300, help="timed calls per chain depth (default 300)")
+    fp.add_argument("--seed", type=int, default=1, help="seed of the generated calls (default 1)")
+    fp.add_argument("--no-cluster", action="store_true", help="skip ohmdb's own transfer latencies (a 4-partition "
+                    "k=1 cluster measured beside the floors)")
+    fp.add_argument("--json", metavar="PATH", help="write the report as JSON here")
+    fp.add_argument("--address", help="Ray cluster address; default: start one")
+
     st = sub.add_parser("status", help="show a running cluster's map", description="Show a running cluster's map.")
     st.add_argument("--name", default="ohmdb", help="cluster name (default ohmdb)")
     st.add_argument("--address", default="auto", help="Ray cluster address (default auto)")
@@ -136,7 +149,60 @@ def _bench(args: argparse.Namespace) -> int:
         return _bench_faults(args)
     if args.workload == "bank" and args.compare:
         return _bench_bank(args)
+    if args.workload == "floor":
+        return _bench_floor(args)
     return cli_bench.run(args, out, console)
+
+
+def _bench_floor(args: argparse.Namespace) -> int:
+    from actors import runtime
+    from workloads import floor
+    from workloads.bench import write_report
+
+    if not 10 <= args.calls <= 100_000:
+        raise ValueError(f"--calls must be 10..100000, got {args.calls}")
+    started_here = not runtime.is_connected()
+    runtime.connect(args.address)
+    try:
+        with console.status("measuring call chains and procedure ceilings"):
+            report = floor.run(calls=args.calls, seed=args.seed, with_cluster=not args.no_cluster)
+    finally:
+        if started_here:
+            runtime.disconnect()
+    chains = RichTable(title="call chain through empty actors, p50 ms")
+    chains.add_column("depth", justify="right")
+    for kind in ("threaded", "async"):
+        chains.add_column(kind, justify="right")
+    for depth in report["chain_p50_ms"]["threaded"]:
+        chains.add_row(str(depth), *(f"{report['chain_p50_ms'][k][depth]:.2f}" for k in ("threaded", "async")))
+    out.print(chains)
+    f = report["floors_ms"]
+    t = RichTable(title="floors with empty actors (ms) and ceilings on one core (txn/s)")
+    t.add_column("measure")
+    t.add_column("threaded actors", justify="right")
+    t.add_column("async actors", justify="right")
+    for label, key in (("SP write, replicated (client -> leader -> follower)", "sp_replicated"),
+                       ("MP, decision implied by the PREPAREs (client -> coord -> leader -> follower)",
+                        "mp_implicit_decision"),
+                       ("MP, decision logged at a holder before the reply", "mp_logged_decision")):
+        t.add_row(label, f"{f[key + '_threaded_ms']:.2f}", f"{f[key + '_async_ms']:.2f}")
+    out.print(t)
+    mine = report["ohmdb_p50_ms"]
+    if mine is not None:
+        out.print(f"ohmdb, one client, 4 partitions, k=1, sync: single-partition transfer p50 "
+                  f"{mine['sp_transfer_ms']:.2f} ms ({mine['sp_transfer_ms'] / f['sp_replicated_async_ms']:.2f}x its "
+                  f"async floor); cross-partition transfer p50 {mine['mp_transfer_ms']:.2f} ms "
+                  f"({mine['mp_transfer_ms'] / f['mp_logged_decision_async_ms']:.2f}x its async floor)")
+    c = RichTable(title=f"procedure ceilings (one core; this machine has {report['cpus']})")
+    for col in ("workload", "procedure", "bare txn/s", "k=1 least work txn/s", f"k=1 bound on {report['cpus']} cores"):
+        c.add_column(col, justify="right" if "txn" in col or "bound" in col else "left")
+    for name, ceil in report["ceilings"].items():
+        c.add_row(name, ceil["procedure"], f"{ceil['bare_txn_s']:,.0f}", f"{ceil['k1_txn_s']:,.0f}",
+                  f"{report['k1_bound_txn_s'][name]:,.0f}")
+    out.print(c)
+    if args.json:
+        write_report(report, args.json)
+    return 0
 
 
 def _bench_faults(args: argparse.Namespace) -> int:

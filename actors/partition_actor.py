@@ -52,7 +52,7 @@ from recovery.catalog import replica_dir
 from recovery.cluster_map import FOLLOWER, LEADER, NOT_A_MEMBER, supervisor_name
 from recovery.replication import ACCEPT, STALE, WAIT, AckTracker, follower_verdict
 from recovery.group_commit import OFF, RedoLog
-from recovery.log_format import LogCodec, batch_crc
+from recovery.log_format import CorruptBatch, LogCodec, batch_crc, from_wire, to_wire
 from recovery.redo import REQUEST, RedoRecord
 from recovery.replay import LOG_DIR, SNAPSHOT_DIR, RecoveryReport, recover_replica
 from recovery.snapshots import prune_snapshots, write_snapshot
@@ -249,9 +249,13 @@ class PartitionReplica:
 
     def _ship(self, batch: Any, meta: dict[bytes, bytes]) -> None:
         """Send a written batch to every follower without waiting (pipelined)."""
+        wire = to_wire(batch)  # once for every follower
         for name, handle in self.followers.items():
-            ref = runtime.submit(handle, "replicate", self.epoch, batch, meta)
+            ref = runtime.submit(handle, "replicate", self.epoch, wire, meta)
             asyncio.ensure_future(self._await_ack(name, ref))
+
+    def _send_batch(self, handle: Any, epoch: int, batch: Any, meta: dict[bytes, bytes]) -> Any:
+        return runtime.submit(handle, "replicate", epoch, to_wire(batch), meta)
 
     async def _await_ack(self, name: str, ref: Any) -> None:
         try:
@@ -355,7 +359,7 @@ class PartitionReplica:
         for follower, (handle, lsn) in followers.items():
             try:
                 for batch, meta in self._batches_since(lsn + 1):
-                    answer = await runtime.get_async(runtime.submit(handle, "replicate", epoch, batch, meta),
+                    answer = await runtime.get_async(self._send_batch(handle, epoch, batch, meta),
                                                      what=f"repair {follower}")
                     if isinstance(answer, OhmError):
                         raise answer
@@ -414,7 +418,7 @@ class PartitionReplica:
         while held < self.log.written_lsn:
             # Pipelined: every missing batch is sent at once (the follower orders them by LSN and
             # shares fsyncs among them), so the catch-up outruns a leader that keeps writing.
-            refs = [runtime.submit(handle, "replicate", self.epoch, batch, meta)
+            refs = [self._send_batch(handle, self.epoch, batch, meta)
                     for batch, meta in self._batches_since(held + 1)]
             for ref in refs:
                 reply = await runtime.get_async(ref, what=f"catch up {name}")
@@ -449,8 +453,13 @@ class PartitionReplica:
 
     # -- replication: follower side ----------------------------------------------------------------
 
-    async def replicate(self, epoch: int, batch: Any, meta: dict[bytes, bytes]) -> dict[str, Any] | OhmError:
-        """Append and apply a leader's batch in LSN order; answer once it is durable here."""
+    async def replicate(self, epoch: int, wire: Any, meta: dict[bytes, bytes]) -> dict[str, Any] | OhmError:
+        """Append and apply a leader's batch (``to_wire`` bytes) in LSN order; answer once it is durable here."""
+        try:
+            batch = from_wire(wire, self.codec.arrow_schema, meta)
+        except CorruptBatch as exc:
+            return InvalidArguments(f"partition {self.core.partition_id} replica {self.replica}: refused a "
+                                    f"shipped batch: {exc}", partition=self.core.partition_id)
         first, count = int(meta[b"first_lsn"]), batch.num_rows
         verdict = follower_verdict(self.epoch, self.log.next_lsn, epoch, first, count)
         if verdict == WAIT:

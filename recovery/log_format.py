@@ -21,6 +21,11 @@ header and body).  The writer computes it before writing; the reader
 recomputes it from the batch it decoded, and checks that LSNs run on without
 a gap.
 
+On the wire (leader to follower) a batch travels as its IPC message bytes
+(``to_wire``) next to its metadata: Ray would otherwise pickle the Arrow
+schema with every batch.  ``from_wire`` reads them back against the log schema
+and runs the same checks as a batch read from disk.
+
 ``LogCodec`` is pure: batches in, records out.  Files live in ``segments``.
 """
 
@@ -161,6 +166,27 @@ def check_batch(batch: pa.RecordBatch, meta: dict[bytes, bytes] | None, expected
     if count and (lsns[0].as_py() != first_lsn or lsns[count - 1].as_py() != first_lsn + count - 1):
         raise CorruptBatch(f"batch at lsn {first_lsn}: lsn column does not run {first_lsn}..{first_lsn + count - 1}")
     return first_lsn, epoch, count
+
+
+def to_wire(batch: pa.RecordBatch) -> bytes:
+    """The batch's IPC message (no schema: both ends know it), as shipped to followers."""
+    return batch.serialize().to_pybytes()
+
+
+def from_wire(data: Any, arrow_schema: pa.Schema, meta: dict[bytes, bytes] | None) -> pa.RecordBatch:
+    """A shipped batch read back and validated (CRC, record count, LSN run); CorruptBatch if it is not."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise CorruptBatch(f"a shipped batch must be IPC message bytes, not {type(data).__name__}")
+    if not meta or META_CRC not in meta:
+        raise CorruptBatch("shipped batch has no ohmdb metadata")
+    if str(zlib.crc32(data)).encode() != meta[META_CRC]:  # every byte as sent, padding included
+        raise CorruptBatch(f"CRC mismatch in the shipped batch at lsn {meta.get(META_FIRST_LSN, b'?').decode()}")
+    try:
+        batch = pa.ipc.read_record_batch(pa.py_buffer(data), arrow_schema)
+    except (pa.ArrowException, ValueError) as exc:
+        raise CorruptBatch(f"unreadable shipped batch: {exc}") from None
+    check_batch(batch, meta, None)
+    return batch
 
 
 def iter_batch_records(batches: Iterable[pa.RecordBatch], codec: LogCodec) -> Iterable[RedoRecord]:

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from actors import Cluster
+from actors import Cluster, runtime
 from tests import bank
 from tests.harness import wait_until
 
@@ -28,7 +28,7 @@ def _ohmdb(args: list[str], env: dict | None = None, timeout: float = 180) -> su
 @pytest.mark.parametrize("args", [["--help"], ["bench", "--help"], ["bench", "voter", "--help"],
                                   ["bench", "ycsb", "--help"], ["bench", "append", "--help"], ["bench", "bank", "--help"],
                                   ["status", "--help"], ["shutdown", "--help"], ["faults", "--help"],
-                                  ["bench", "faults", "--help"]])
+                                  ["bench", "faults", "--help"], ["bench", "floor", "--help"]])
 def test_help_everywhere(args):
     proc = _ohmdb(args, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -184,6 +184,27 @@ def test_bench_replication_short_run(subprocess_env, ray_address, tmp_path):
     assert report["k_cost"]["ratio_k1_to_k0"] > 0
     assert report["failover"]["kills"] == 1 and report["failover"]["median_s"] > 0
     assert report["rebuild"]["rows"] > 0 and report["rebuild"]["rows_per_s"] > 0
+
+
+def test_bench_floor_measures_chains_ceilings_and_ohmdb_beside_them(subprocess_env, ray_address, tmp_path):
+    path = tmp_path / "floor.json"
+    proc = _ohmdb(["bench", "floor", "--calls", "20", "--address", ray_address, "--json", str(path)],
+                  env={**subprocess_env, "COLUMNS": "200"}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "MP, decision logged at a holder" in proc.stdout and "cross-partition transfer p50" in proc.stdout
+    report = json.loads(path.read_text())
+    for kind in ("threaded", "async"):
+        chain = {int(d): ms for d, ms in report["chain_p50_ms"][kind].items()}
+        assert sorted(chain) == [1, 2, 3, 4] and chain[4] > chain[1] > 0  # more hops cost more
+    floors = report["floors_ms"]
+    assert floors["mp_logged_decision_async_ms"] > floors["mp_implicit_decision_async_ms"] > 0
+    for name in ("voter", "bank"):
+        assert report["ceilings"][name]["bare_txn_s"] > 0 and report["ceilings"][name]["k1_txn_s"] > 0
+    mine = report["ohmdb_p50_ms"]
+    assert mine["mp_transfer_ms"] > 0 and mine["sp_transfer_ms"] > 0
+    assert not [n for n in runtime.list_names() if n.startswith("floor-")]  # probes and cluster gone
+    proc = _ohmdb(["bench", "floor", "--calls", "5", "--address", ray_address], env=subprocess_env, timeout=60)
+    assert proc.returncode == 2 and "--calls must be 10..100000, got 5" in proc.stderr
 
 
 def test_bench_bank_short_run(subprocess_env, ray_address, tmp_path):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from actors.partition_core import PartitionCore
 from actors.schema import Schema, Table
-from recovery.log_format import LogCodec
+from recovery.log_format import CorruptBatch, LogCodec, from_wire, to_wire
 from recovery.redo import DELETE, INSERT, UPDATE, RedoRecord
 from recovery.replay import LOG_DIR, SNAPSHOT_DIR, RecoveryFailed, recover_replica
 from recovery.segments import QUARANTINE_DIR, LogWriteFailed, SegmentWriter, list_segments, read_log
@@ -147,6 +147,30 @@ def test_a_flipped_byte_is_detected_and_never_applied(tmp_path, seed):
     assert core.tables == _state_after(written[:kept])
     if kept < len(written):
         assert report.cut
+
+
+def test_a_shipped_batch_round_trips_and_damage_on_the_wire_is_refused():
+    codec = LogCodec(SCHEMA)
+    records = _records(7, random.Random(3)) + _records(8, random.Random(4))
+    batch, meta = codec.encode(records, 41, epoch=2)
+    wire = to_wire(batch)
+    assert isinstance(wire, bytes)
+    back = from_wire(wire, codec.arrow_schema, meta)
+    assert back.equals(batch) and codec.decode(back) == records
+    flipped = bytearray(wire)
+    flipped[len(wire) // 2] ^= 0x10
+    bad = {
+        "a flipped bit": (bytes(flipped), meta),
+        "a cut message": (wire[: len(wire) // 3], meta),
+        "garbage": (b"not arrow at all", meta),
+        "no metadata": (wire, None),
+        "a wrong record count": (wire, {**meta, b"records": b"99"}),
+        "not bytes": (batch, meta),
+    }
+    for what, (data, m) in bad.items():
+        with pytest.raises(CorruptBatch):
+            from_wire(data, codec.arrow_schema, m)
+            pytest.fail(f"{what} was accepted")
 
 
 def test_snapshot_then_log_and_fallback_to_an_older_snapshot(tmp_path):

@@ -7,9 +7,9 @@ import threading
 import pytest
 
 from actors import Cluster, runtime
-from actors.errors import NotLeader, PartitionUnavailable, StaleEpoch
+from actors.errors import InvalidArguments, NotLeader, PartitionUnavailable, StaleEpoch
 from actors.routing import partition_of
-from recovery.log_format import LogCodec
+from recovery.log_format import LogCodec, to_wire
 from recovery.redo import INSERT, RedoRecord
 from recovery.replication import ACCEPT, DUPLICATE, STALE, WAIT, AckTracker, choose_leader, follower_verdict
 from tests import bank
@@ -107,8 +107,17 @@ def test_a_follower_answers_not_leader_and_refuses_a_stale_epoch(replicated):
     written = before[0][0][0]
     batch, meta = codec.encode([RedoRecord(1, INSERT, "accounts", 999, {"id": 999, "owner": "ghost", "balance": 1})],
                                written + 1, epoch=0)
-    answer = runtime.call(follower, "replicate", 0, batch, meta)
+    answer = runtime.call(follower, "replicate", 0, to_wire(batch), meta)
     assert isinstance(answer, StaleEpoch)
+    assert _replica_states(db) == before
+    # Damaged bytes on the wire, even in the current epoch, are refused with a typed error naming the damage.
+    current = runtime.call(follower, "status", control=True)["epoch"]
+    batch, meta = codec.encode([RedoRecord(1, INSERT, "accounts", 999, {"id": 999, "owner": "ghost", "balance": 1})],
+                               written + 1, epoch=current)
+    wire = bytearray(to_wire(batch))
+    wire[-3] ^= 0x01
+    answer = runtime.call(follower, "replicate", current, bytes(wire), meta)
+    assert isinstance(answer, InvalidArguments) and "CRC mismatch" in answer.message
     assert _replica_states(db) == before
 
 
