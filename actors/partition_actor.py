@@ -255,6 +255,7 @@ class PartitionReplica:
             asyncio.ensure_future(self._await_ack(name, ref))
 
     def _send_batch(self, handle: Any, epoch: int, batch: Any, meta: dict[bytes, bytes]) -> Any:
+        """Ship one kept batch to one follower (repair, catch-up); the ref of its answer."""
         return runtime.submit(handle, "replicate", epoch, to_wire(batch), meta)
 
     async def _await_ack(self, name: str, ref: Any) -> None:
