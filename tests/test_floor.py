@@ -20,8 +20,8 @@ def test_floors_are_the_chains_a_transaction_must_cross():
 
 @pytest.mark.parametrize("name, procedure", [("voter", "vote"), ("bank", "transfer_local")])
 def test_procedure_ceilings_run_the_procedure_and_replicate_it(name, procedure):
-    c = floor.procedure_ceilings(name, seed=3, transactions=800)
-    assert c["procedure"] == procedure and c["transactions"] == 800
+    c = floor.procedure_ceilings(name, seed=3, transactions=800, rounds=2)
+    assert c["procedure"] == procedure and c["transactions"] == 800 and c["rounds"] == 2
     assert c["bare_txn_s"] > 0 and c["k1_txn_s"] > 0
 
 
@@ -29,7 +29,7 @@ def test_a_follower_core_that_differs_from_its_leader_fails_the_ceiling(monkeypa
     """The replicated ceiling checks that the follower core really applied what the leader wrote."""
     monkeypatch.setattr(floor.LogCodec, "decode", lambda self, batch: [])
     with pytest.raises(InvariantViolation, match="the follower core must hold what the leader wrote"):
-        floor.procedure_ceilings("bank", transactions=200)
+        floor.procedure_ceilings("bank", transactions=200, rounds=1)
 
 
 def test_an_unknown_workload_has_no_ceiling():
