@@ -187,6 +187,12 @@ def _bench_floor(args: argparse.Namespace) -> int:
                        ("MP, decision logged at a holder before the reply", "mp_logged_decision")):
         t.add_row(label, f"{f[key + '_threaded_ms']:.2f}", f"{f[key + '_async_ms']:.2f}")
     out.print(t)
+    cost = RichTable(title="pipelined calls to an empty actor")
+    for col in ("actor", "calls/s", "actor CPU us/call", "caller CPU us/call"):
+        cost.add_column(col, justify="left" if col == "actor" else "right")
+    for kind, c in report["call_cost"].items():
+        cost.add_row(kind, f"{c['calls_s']:,.0f}", f"{c['actor_cpu_us']:,.0f}", f"{c['driver_cpu_us']:,.0f}")
+    out.print(cost)
     mine = report["ohmdb_p50_ms"]
     if mine is not None:
         out.print(f"ohmdb, one client, 4 partitions, k=1, sync: single-partition transfer p50 "

@@ -196,6 +196,9 @@ def test_bench_floor_measures_chains_ceilings_and_ohmdb_beside_them(subprocess_e
     for kind in ("threaded", "async"):
         chain = {int(d): ms for d, ms in report["chain_p50_ms"][kind].items()}
         assert sorted(chain) == [1, 2, 3, 4] and chain[4] > chain[1] > 0  # more hops cost more
+    for kind in ("threaded", "async"):
+        cost = report["call_cost"][kind]
+        assert cost["calls_s"] > 0 and cost["actor_cpu_us"] > 0 and cost["driver_cpu_us"] > 0
     floors = report["floors_ms"]
     assert floors["mp_logged_decision_async_ms"] > floors["mp_implicit_decision_async_ms"] > 0
     for name in ("voter", "bank"):

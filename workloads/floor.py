@@ -14,6 +14,10 @@ measures, in one run, the two floors every ohmdb figure sits on:
   must be on the follower before anyone may count on it), and a separately
   logged decision adds ``coordinator -> holder -> follower`` (depth 3 minus
   depth 1).  Those sums, with empty actors, are the latency floors printed.
+* **call costs** -- pipelined calls to one empty actor: calls per second and
+  the CPU microseconds each costs in the actor and in the caller.  At ~1 ms
+  of CPU per call on a small machine, throughput comes from putting many
+  transactions in one call.
 * **procedure ceilings** -- the workload's procedure in a loop on in-process
   ``PartitionCore`` objects (no Ray, no log), and the same with what k=1 adds
   to every transaction at the least: encoding its redo records into a log
@@ -51,6 +55,10 @@ CHAIN_DEPTH_MAX = 4
 #: Timed calls per chain depth (after WARMUP_CALLS untimed ones).
 CHAIN_CALLS_DEFAULT = 300
 WARMUP_CALLS = 30
+#: Pipelined calls timed for the CPU cost of a call, and how many are in flight at once.
+CALL_COST_CALLS = 2000
+CALL_COST_PER_CHAIN_CALL = 7  # run(calls=300): 2,100 pipelined calls per kind
+PIPELINE_DEPTH = 8
 #: Transactions per ceiling measurement, and per log batch in the replicated one.
 CEILING_TXNS = 20_000
 CEILING_BATCH_TXNS = 500
@@ -72,6 +80,9 @@ class HopProbe:
             return 1
         return runtime.call(rest[0], "hop", rest[1:])
 
+    def cpu_s(self) -> float:
+        return _process_cpu_s()
+
 
 class AsyncHopProbe:
     """The same as an async actor (the shape of a partition replica)."""
@@ -81,14 +92,27 @@ class AsyncHopProbe:
             return 1
         return await runtime.get_async(runtime.submit(rest[0], "hop", rest[1:]))
 
+    async def cpu_s(self) -> float:
+        return _process_cpu_s()
+
+
+def _process_cpu_s() -> float:
+    """CPU seconds this process has used, all threads."""
+    t = os.times()
+    return t.user + t.system
+
+
+def _probes(threaded: bool, count: int) -> list[Any]:
+    cls = HopProbe if threaded else AsyncHopProbe
+    tag = uuid.uuid4().hex[:8]
+    return [runtime.spawn(cls, f"floor-{tag}-{k}", max_concurrency=PROBE_THREADS if threaded else None)
+            for k in range(count)]
+
 
 def chain_latencies(threaded: bool, calls: int = CHAIN_CALLS_DEFAULT,
                     depth_max: int = CHAIN_DEPTH_MAX) -> dict[int, float]:
     """p50 milliseconds of a call chain through ``depth`` empty actors, for depth 1..depth_max."""
-    cls = HopProbe if threaded else AsyncHopProbe
-    tag = uuid.uuid4().hex[:8]
-    probes = [runtime.spawn(cls, f"floor-{tag}-{k}", max_concurrency=PROBE_THREADS if threaded else None)
-              for k in range(depth_max)]
+    probes = _probes(threaded, depth_max)
     try:
         out = {}
         for depth in range(1, depth_max + 1):
@@ -105,6 +129,28 @@ def chain_latencies(threaded: bool, calls: int = CHAIN_CALLS_DEFAULT,
     finally:
         for probe in probes:
             runtime.kill(probe)
+
+
+def call_costs(threaded: bool, calls: int = CALL_COST_CALLS) -> dict[str, float]:
+    """Pipelined calls (PIPELINE_DEPTH in flight) to one empty actor: calls/s, CPU microseconds per call
+    in the actor and in this driver (what batching saves per transaction it puts in one call)."""
+    probe = _probes(threaded, 1)[0]
+    try:
+        for _ in range(WARMUP_CALLS):
+            runtime.call(probe, "hop", [])
+        actor0, driver0, t0 = runtime.call(probe, "cpu_s"), _process_cpu_s(), time.perf_counter()
+        pending: list[Any] = []
+        for _ in range(calls):
+            pending.append(runtime.submit(probe, "hop", []))
+            if len(pending) >= PIPELINE_DEPTH:
+                runtime.get(pending.pop(0))
+        runtime.get_each(pending, None)
+        elapsed = time.perf_counter() - t0
+        actor_s, driver_s = runtime.call(probe, "cpu_s") - actor0, _process_cpu_s() - driver0
+        return {"calls_s": calls / elapsed, "actor_cpu_us": actor_s / calls * 1e6,
+                "driver_cpu_us": driver_s / calls * 1e6}
+    finally:
+        runtime.kill(probe)
 
 
 def _core(schema: Any, data: dict[str, list[dict[str, Any]]]) -> PartitionCore:
@@ -208,12 +254,15 @@ def run(calls: int = CHAIN_CALLS_DEFAULT, seed: int = 1, with_cluster: bool = Tr
     """Every floor, measured now (Ray must be connected); ohmdb's own figures beside them unless skipped."""
     threaded = chain_latencies(True, calls)
     asynchronous = chain_latencies(False, calls)
+    costs = {"threaded": call_costs(True, calls * CALL_COST_PER_CHAIN_CALL),
+             "async": call_costs(False, calls * CALL_COST_PER_CHAIN_CALL)}
     cores = os.cpu_count() or 1
     ceilings = {name: procedure_ceilings(name, seed) for name in ("voter", "bank")}
     return {
         "cpus": cores,
         "chain_p50_ms": {"threaded": threaded, "async": asynchronous},
         "floors_ms": floors(threaded, asynchronous),
+        "call_cost": costs,
         "ceilings": ceilings,
         "k1_bound_txn_s": {name: c["k1_txn_s"] * cores for name, c in ceilings.items()},
         "ohmdb_p50_ms": ohmdb_latencies(calls, seed) if with_cluster else None,
