@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from workloads import peers
+from workloads import peer_postgres, peer_redis, peer_servers, peers
 
 
 def _skip_unless(run_check) -> None:
@@ -62,8 +62,8 @@ def test_postgres_bank_short_run():
 
 def test_redis_server_that_fails_to_start_reports_its_log_and_cleans_up(monkeypatch):
     _skip_unless(peers.require_redis)
-    made: list[peers._Servers] = []
-    real_init = peers._Servers.__init__
+    made: list[peer_servers.Servers] = []
+    real_init = peer_servers.Servers.__init__
 
     def recording_init(self, *args, **kwargs):
         real_init(self, *args, **kwargs)
@@ -75,8 +75,8 @@ def test_redis_server_that_fails_to_start_reports_its_log_and_cleans_up(monkeypa
             f.write(f"port {port}\nno-such-directive yes\n")
         return path
 
-    monkeypatch.setattr(peers._Servers, "__init__", recording_init)
-    monkeypatch.setattr(peers, "_redis_conf", bad_conf)
+    monkeypatch.setattr(peer_servers.Servers, "__init__", recording_init)
+    monkeypatch.setattr(peer_redis, "_redis_conf", bad_conf)
     with pytest.raises(peers.PeerError, match="no-such-directive"):
         peers.run_redis_voter(clients=1, batch=1, duration_s=0.1, seed=1, contestants=6, max_votes=2)
     assert made and not os.path.exists(made[0].dir)
@@ -85,7 +85,7 @@ def test_redis_server_that_fails_to_start_reports_its_log_and_cleans_up(monkeypa
 
 def test_unavailable_messages_name_what_is_missing(monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda *_a, **_k: None)
-    monkeypatch.setattr(peers, "PG_BIN_DIR_PATTERNS", ())
+    monkeypatch.setattr(peer_postgres, "PG_BIN_DIR_PATTERNS", ())
     monkeypatch.setitem(sys.modules, "redis", None)  # import redis -> ImportError
     monkeypatch.setitem(sys.modules, "psycopg", None)
     with pytest.raises(peers.PeerUnavailable) as redis_err:
@@ -110,17 +110,17 @@ def test_only_the_binary_missing_is_named(monkeypatch):
 
 
 def test_latency_percentiles_weight_each_batch_by_its_size():
-    figures = peers._latency_ms([(1.0, 98), (50.0, 1), (100.0, 1)])
+    figures = peer_servers.latency_percentiles([(1.0, 98), (50.0, 1), (100.0, 1)])
     assert figures == {"p50": 1.0, "p95": 1.0, "p99": 50.0, "max": 100.0}
-    assert peers._latency_ms([]) == {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0}
+    assert peer_servers.latency_percentiles([]) == {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0}
 
 
 def test_voter_check_names_each_disagreement():
-    tally = peers._Tally(committed=5)
+    tally = peer_servers.Tally(committed=5)
     tally.per_contestant.update({1: 3, 2: 2})
     good = {"totals": {1: 3, 2: 2}, "phones": 4, "votes": 5, "mismatched": 0, "over": 0}
-    assert peers._summary_problems("primary", good, tally, 2) == []
+    assert peer_redis._summary_problems("primary", good, tally, 2) == []
     bad = {"totals": {1: 3, 2: 1}, "phones": 4, "votes": 6, "mismatched": 1, "over": 1}
-    problems = " ".join(peers._summary_problems("replica", bad, tally, 2))
+    problems = " ".join(peer_redis._summary_problems("replica", bad, tally, 2))
     for text in ("totals count 4", "per-contestant", "voters count 6", "over the limit", "vote records differ"):
         assert text in problems

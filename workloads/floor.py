@@ -3,7 +3,7 @@
 Design note
 -----------
 A speed target only means something next to what the platform allows, so this
-measures, in one run, the two floors every ohmdb figure sits on:
+measures, in one run, the floors every ohmdb figure sits on:
 
 * **call chains** -- ``client -> a -> b -> ...`` through empty actors of ohmdb's
   own shape (spawned by ``runtime.spawn``, with the control concurrency group),
@@ -21,7 +21,8 @@ measures, in one run, the two floors every ohmdb figure sits on:
 * **procedure ceilings** -- the workload's procedure in a loop on in-process
   ``PartitionCore`` objects (no Ray, no log), and the same with what k=1 adds
   to every transaction at the least: encoding its redo records into a log
-  batch, decoding that batch and applying it on a second (follower) core.
+  batch, shipping it as bytes, checking and decoding it, and applying it on
+  a second (follower) core; each the best of ``CEILING_ROUNDS`` rounds.
   The second figure, times the machine's cores, bounds any k=1 throughput.
 * **ohmdb beside them** (unless skipped) -- one client's p50 of a
   single-partition and a cross-partition bank transfer on a real 4-partition
