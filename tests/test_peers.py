@@ -124,3 +124,11 @@ def test_voter_check_names_each_disagreement():
     problems = " ".join(peer_redis._summary_problems("replica", bad, tally, 2))
     for text in ("totals count 4", "per-contestant", "voters count 6", "over the limit", "vote records differ"):
         assert text in problems
+
+
+def test_a_missing_driver_is_named_with_how_to_install_it():
+    missing: list[str] = []
+    assert peer_servers.import_driver("ohmdb_no_such_driver", "a driver", "pkg>=1", missing) is None
+    assert missing == ["the Python driver a driver (module `ohmdb_no_such_driver`) is not installed "
+                       "(install it: `pip install -e '.[peers]'` or `pip install 'pkg>=1'`)"]
+    assert peer_servers.import_driver("json", "json", "-", missing) is not None and len(missing) == 1

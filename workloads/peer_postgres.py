@@ -50,7 +50,6 @@ from typing import Any, Callable
 
 from workloads import bank
 from workloads.peer_servers import (
-    INSTALL_DRIVERS,
     SERVER_START_TIMEOUT_S,
     PeerError,
     PeerUnavailable,
@@ -59,6 +58,7 @@ from workloads.peer_servers import (
     Tally,
     drive,
     free_ports,
+    import_driver,
     latency_percentiles,
     quietly,
     wait_ready,
@@ -119,12 +119,7 @@ def require_postgres() -> tuple[str, ModuleType]:
         where = ", ".join(("PATH",) + PG_BIN_DIR_PATTERNS)
         missing.append(f"the PostgreSQL server binaries postgres and initdb are not in {where} "
                        f"(install them: `{INSTALL_POSTGRES}`)")
-    try:
-        import psycopg
-    except ImportError:
-        psycopg = None
-        missing.append(f"the Python driver psycopg 3 (module `psycopg`) is not installed "
-                       f"(install it: `{INSTALL_DRIVERS}` or `pip install 'psycopg[binary]>=3.1'`)")
+    psycopg = import_driver("psycopg", "psycopg 3", "psycopg[binary]>=3.1", missing)
     if missing:
         raise PeerUnavailable("postgres peer unavailable: " + "; ".join(missing))
     return bin_dir, psycopg

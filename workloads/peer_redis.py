@@ -47,7 +47,6 @@ from typing import Any, Callable
 
 from workloads import voter
 from workloads.peer_servers import (
-    INSTALL_DRIVERS,
     POLL_INTERVAL_S,
     SERVER_START_TIMEOUT_S,
     PeerUnavailable,
@@ -55,6 +54,7 @@ from workloads.peer_servers import (
     Tally,
     drive,
     free_ports,
+    import_driver,
     latency_percentiles,
     wait_ready,
 )
@@ -118,12 +118,7 @@ def require_redis() -> tuple[str, ModuleType]:
     server = shutil.which("redis-server")
     if server is None:
         missing.append(f"the redis-server binary is not on PATH (install it: `{INSTALL_REDIS}`)")
-    try:
-        import redis
-    except ImportError:
-        redis = None
-        missing.append(f"the Python driver redis-py (module `redis`) is not installed "
-                       f"(install it: `{INSTALL_DRIVERS}` or `pip install 'redis>=5,<7'`)")
+    redis = import_driver("redis", "redis-py", "redis>=5,<7", missing)
     if missing:
         raise PeerUnavailable("redis peer unavailable: " + "; ".join(missing))
     return server, redis

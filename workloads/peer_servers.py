@@ -27,6 +27,7 @@ rather than imported from ``workloads.bench``, which would pull in Ray.
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import signal
@@ -37,6 +38,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import IO, Any, Callable
 
 INSTALL_DRIVERS = "pip install -e '.[peers]'"
@@ -225,6 +227,16 @@ def wait_ready(entry: _Proc, probe: Callable[[], bool], timeout_s: float, what: 
             return
         time.sleep(POLL_INTERVAL_S)
     raise PeerError(f"{entry.name}: no {what} within {timeout_s:.0f} s{_log_tail(entry.log_path)}")
+
+
+def import_driver(module: str, label: str, pip_spec: str, missing: list[str]) -> ModuleType | None:
+    """A peer's Python driver, or None with a line in ``missing`` saying how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        missing.append(f"the Python driver {label} (module `{module}`) is not installed "
+                       f"(install it: `{INSTALL_DRIVERS}` or `pip install '{pip_spec}'`)")
+        return None
 
 
 # --- shared figures --------------------------------------------------------------------------
