@@ -60,9 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     fp = wl.add_parser("floor", help="what Ray and Python cost here before ohmdb does any work",
                        description="Measure the platform floors every ohmdb figure sits on, in one run: the p50 "
                                    "latency of call chains through 1-4 empty actors (threaded and async), the latency "
-                                   "floors of a cross-partition transaction they imply, and the procedure ceilings of "
-                                   "voter and bank on one in-process core, bare and with k=1's least work (log "
-                                   "encode, decode, apply on a follower core).")
+                                   "floors of a write they imply, the CPU a pipelined call costs, the procedure ceilings "
+                                   "of voter and bank on one in-process core (bare, and with k=1's least work: log "
+                                   "encode, decode, apply on a follower core), and ohmdb's own transfer latency "
+                                   "beside them.")
     fp.add_argument("--calls", type=int, default=300, help="timed calls per chain depth (default 300)")
     fp.add_argument("--seed", type=int, default=1, help="seed of the generated calls (default 1)")
     fp.add_argument("--no-cluster", action="store_true", help="skip ohmdb's own transfer latencies (a 4-partition "
@@ -169,6 +170,13 @@ def _bench_floor(args: argparse.Namespace) -> int:
     finally:
         if started_here:
             runtime.disconnect()
+    _print_floor(report)
+    if args.json:
+        write_report(report, args.json)
+    return 0
+
+
+def _print_floor(report: dict[str, Any]) -> None:
     chains = RichTable(title="call chain through empty actors, p50 ms")
     chains.add_column("depth", justify="right")
     for kind in ("threaded", "async"):
@@ -177,7 +185,7 @@ def _bench_floor(args: argparse.Namespace) -> int:
         chains.add_row(str(depth), *(f"{report['chain_p50_ms'][k][depth]:.2f}" for k in ("threaded", "async")))
     out.print(chains)
     f = report["floors_ms"]
-    t = RichTable(title="floors with empty actors (ms) and ceilings on one core (txn/s)")
+    t = RichTable(title="latency floors of a write with empty actors, ms")
     t.add_column("measure")
     t.add_column("threaded actors", justify="right")
     t.add_column("async actors", justify="right")
@@ -206,9 +214,6 @@ def _bench_floor(args: argparse.Namespace) -> int:
         c.add_row(name, ceil["procedure"], f"{ceil['bare_txn_s']:,.0f}", f"{ceil['k1_txn_s']:,.0f}",
                   f"{report['k1_bound_txn_s'][name]:,.0f}")
     out.print(c)
-    if args.json:
-        write_report(report, args.json)
-    return 0
 
 
 def _bench_faults(args: argparse.Namespace) -> int:
