@@ -65,11 +65,9 @@ def _parser() -> argparse.ArgumentParser:
                                    "encode, decode, apply on a follower core), and ohmdb's own transfer latency "
                                    "beside them.")
     fp.add_argument("--calls", type=int, default=300, help="timed calls per chain depth (default 300)")
-    fp.add_argument("--seed", type=int, default=1, help="seed of the generated calls (default 1)")
     fp.add_argument("--no-cluster", action="store_true", help="skip ohmdb's own transfer latencies (a 4-partition "
                     "k=1 cluster measured beside the floors)")
-    fp.add_argument("--json", metavar="PATH", help="write the report as JSON here")
-    fp.add_argument("--address", help="Ray cluster address; default: start one")
+    _run_args(fp, durability=False)
 
     st = sub.add_parser("status", help="show a running cluster's map", description="Show a running cluster's map.")
     st.add_argument("--name", default="ohmdb", help="cluster name (default ohmdb)")
@@ -108,9 +106,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _run_args(p: argparse.ArgumentParser) -> None:
-    """Options every fault/replication benchmark takes."""
-    p.add_argument("--durability", choices=["sync", "async", "off"], default="sync", help="default sync")
+def _run_args(p: argparse.ArgumentParser, durability: bool = True) -> None:
+    """Options every fault/replication/floor benchmark takes (the floor has no durability to choose)."""
+    if durability:
+        p.add_argument("--durability", choices=["sync", "async", "off"], default="sync", help="default sync")
     p.add_argument("--seed", type=int, default=1, help="seed (default 1)")
     p.add_argument("--json", metavar="PATH", help="write the report as JSON here")
     p.add_argument("--address", help="Ray cluster address; default: start one")
