@@ -10,7 +10,12 @@ without Ray and tests can swap this module.  What it does:
 * ``spawn`` creates a named, detached actor in the fixed ``NAMESPACE`` (so any
   driver or the CLI can find it), with an explicit small CPU request and a
   ``control`` concurrency group for heartbeats and status, so those never
-  queue behind a long transaction; the default group runs one call at a time.
+  queue behind a long transaction; the default group runs one call at a time
+  unless ``max_concurrency`` makes it a pool.  A class may declare more groups
+  (``CONCURRENCY_GROUPS``: name -> threads) and put a method in one with
+  ``in_group``.
+* ``on_done`` hands a ref's outcome to a callback without blocking a thread
+  (a threaded actor's way to collect answers it does not wait for).
 * ``submit``/``get``/``call`` turn Ray's failures into typed errors:
   ``Timeout`` when no answer came in time, ``ActorDied`` when the actor is gone;
   a typed error raised inside an actor method comes back as itself.
@@ -76,8 +81,14 @@ def disconnect() -> None:
 
 def _remote_class(cls: type) -> Any:
     if cls not in _remote_classes:
-        _remote_classes[cls] = ray.remote(concurrency_groups={CONTROL_GROUP: CONTROL_THREADS})(cls)
+        groups = {CONTROL_GROUP: CONTROL_THREADS, **getattr(cls, "CONCURRENCY_GROUPS", {})}
+        _remote_classes[cls] = ray.remote(concurrency_groups=groups)(cls)
     return _remote_classes[cls]
+
+
+def in_group(group: str) -> Any:
+    """Decorator: the method runs in concurrency group ``group`` (declared in ``CONCURRENCY_GROUPS``)."""
+    return ray.method(concurrency_group=group)
 
 
 def spawn(cls: type, name: str, *args: Any, node_id: str | None = None, max_restarts: int = 0,
@@ -274,6 +285,23 @@ async def get_async(ref: Any, what: str = "call") -> Any:
         return await ref
     except (RayTaskError, RayActorError) as exc:
         raise _typed(exc, what) from None
+
+
+def on_done(ref: Any, callback: Any, what: str = "call") -> None:
+    """Call ``callback(outcome)`` once ``ref`` resolves: its value, or the typed error ``get`` would raise.
+
+    The callback runs on a Ray thread: it must be short and must not block (hand the outcome to a queue).
+    """
+    def resolved(future: Any) -> None:
+        try:
+            outcome = future.result()
+        except (RayTaskError, RayActorError) as exc:
+            outcome = _typed(exc, what)
+        except Exception as exc:  # e.g. the object was lost: the callee's answer never comes
+            outcome = ActorDied(f"{what}: no answer ({type(exc).__name__})", cause=str(exc)[:500])
+        callback(outcome)
+
+    ref.future().add_done_callback(resolved)
 
 
 def _typed(exc: Exception, what: str) -> Exception:

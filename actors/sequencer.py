@@ -1,23 +1,27 @@
-"""Per-client ordering of calls on an async actor.
+"""Per-client ordering of calls on a threaded actor.
 
 Design note
 -----------
-Ray runs a synchronous actor's calls from one caller in submission order, but
-not an async actor's.  A partition replica is async (so it can execute batch
-n+1 while batch n's fsync runs), so ordering is ours: every client numbers its
-calls to a partition 0, 1, 2, ... and ``Sequencer.turn(client, seq)`` waits
-until every earlier call of that client has started.  Execution itself has no
-``await``, so calls run one at a time in the order this gives.
+Ray starts a threaded actor's calls from one caller in submission order, but
+with more than one thread they run side by side and may reach the actor's
+lock in any order.  So ordering is ours: every client numbers its calls to a
+partition 0, 1, 2, ... and ``Sequencer.turn(client, seq)`` waits until every
+earlier call of that client has started.  The replica runs a batch holding its
+lock, so calls execute one at a time in the order this gives.
 
-The table of clients is bounded (least recently used are forgotten); a wait is
-bounded by ``wait_s``, after which the call goes ahead and the gap is logged.
+The caller holds ``lock`` (the replica's) around ``turn`` and ``done``; a wait
+releases it.  The table of clients is bounded (least recently used are
+forgotten); a wait is bounded by ``wait_s``, after which the call goes ahead
+and the gap is logged.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+import threading
+import time
 from collections import OrderedDict
+from typing import Any
 
 CLIENTS_MAX = 65_536
 
@@ -25,33 +29,40 @@ log = logging.getLogger("ohmdb.sequencer")
 
 
 class Sequencer:
-    def __init__(self, wait_s: float, clients_max: int = CLIENTS_MAX) -> None:
+    def __init__(self, lock: Any, wait_s: float, clients_max: int = CLIENTS_MAX) -> None:
+        self.lock = lock
         self.wait_s = wait_s
         self.clients_max = clients_max
         self._next: OrderedDict[str, int] = OrderedDict()
-        self._waiting: dict[tuple[str, int], asyncio.Future] = {}
+        self._waiting: dict[tuple[str, int], threading.Condition] = {}
         self.gaps = 0
 
-    async def turn(self, client: str, seq: int, hold: bool = False) -> None:
-        """Wait until ``seq`` is ``client``'s next call, then mark it started.
+    def turn(self, client: str, seq: int, hold: bool = False) -> None:
+        """Wait until ``seq`` is ``client``'s next call, then mark it started (the caller holds ``lock``).
 
         With ``hold`` the client's next call waits until ``done(client, seq)``
         (a call that may itself wait, yet must finish executing before the next).
         """
-        expected = self._next.get(client, 0)
-        if seq > expected:
-            future = asyncio.get_running_loop().create_future()
-            self._waiting[(client, seq)] = future
-            try:
-                await asyncio.wait_for(future, timeout=self.wait_s)
-            except asyncio.TimeoutError:
-                self.gaps += 1
-                log.warning("client %s: call %d waited %.1f s for call %d; going ahead",
-                            client, seq, self.wait_s, self._next.get(client, 0))
-            finally:
-                self._waiting.pop((client, seq), None)
+        if seq > self._next.get(client, 0):
+            self._wait_for(client, seq)
         if not hold:
             self._started(client, seq)
+
+    def _wait_for(self, client: str, seq: int) -> None:
+        ready = threading.Condition(self.lock)
+        self._waiting[(client, seq)] = ready
+        deadline = time.monotonic() + self.wait_s
+        try:
+            while seq > self._next.get(client, 0):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.gaps += 1
+                    log.warning("client %s: call %d waited %.1f s for call %d; going ahead",
+                                client, seq, self.wait_s, self._next.get(client, 0))
+                    return
+                ready.wait(left)
+        finally:
+            self._waiting.pop((client, seq), None)
 
     def done(self, client: str, seq: int) -> None:
         """A held call finished executing: the client's next call may start."""
@@ -63,5 +74,5 @@ class Sequencer:
         while len(self._next) > self.clients_max:
             self._next.popitem(last=False)
         waiter = self._waiting.get((client, seq + 1))
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            waiter.notify()

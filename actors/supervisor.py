@@ -51,7 +51,7 @@ from typing import Any
 from actors import runtime
 from actors.config import ClusterConfig
 from actors.errors import ActorDied, OhmError
-from actors.partition_actor import PartitionReplica
+from actors.partition_actor import REPLICA_THREADS, PartitionReplica
 from actors.schema import Schema
 from actors.watch import FaultEvent, Target, WatchSettings, Watcher
 from actors.coordinator_keeper import CoordinatorKeeper
@@ -155,7 +155,8 @@ class Supervisor:
     def _spawn_replica(self, rep: ReplicaInfo, fresh: bool) -> Any:
         cfg = self.config
         return runtime.spawn(PartitionReplica, rep.actor_name, cfg.name, self.schema, rep.partition, cfg.partitions,
-                             rep.replica, rep.epoch, cfg.replica_settings(), fresh, node_id=rep.node_id)
+                             rep.replica, rep.epoch, cfg.replica_settings(), fresh, node_id=rep.node_id,
+                             max_concurrency=REPLICA_THREADS)
 
     def _report_corrupt_log(self, rep: ReplicaInfo, recovered: dict[str, Any]) -> None:
         """Recovery cut a torn/corrupt log or skipped a bad snapshot: that is a fault to report."""

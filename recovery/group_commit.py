@@ -3,16 +3,20 @@
 Design note
 -----------
 ``RedoLog`` sits between a partition replica's executor and its segment files.
-The executor (one asyncio event loop thread) calls ``append`` after each batch
--- the redo is encoded and written to the OS at once -- and then awaits
-``durable(lsn)``.  A flusher thread fsyncs whatever has been written; every
-batch written while the previous fsync ran shares the next one (group commit).
+The executor (the replica's threads, one at a time under its lock) calls
+``append`` after each batch -- the redo is encoded and written to the OS at
+once -- and then, with its lock released, blocks in ``wait_durable(lsn)``.
+In ``sync`` mode the first waiter that finds no fsync running runs one
+itself, covering everything written so far; every batch written while it
+ran waits and shares the next one (group commit, with no hand-off to another
+thread when the load is light).  In ``async`` mode a flusher thread fsyncs on
+its interval.
 
 Modes:
 
-* ``sync``: ``durable`` returns only when an fsync covered the LSN.  Nothing
+* ``sync``: ``wait_durable`` returns only when an fsync covered the LSN.  Nothing
   is acknowledged before it is on disk.
-* ``async``: ``durable`` returns at once; the flusher fsyncs every
+* ``async``: ``wait_durable`` returns at once; the flusher fsyncs every
   ``flush_interval_ms`` (VoltDB's default, 200 ms).  A crash loses what was
   acknowledged in the last interval (at most ``flush_interval_ms`` of writes).
 * ``off``: nothing is written; LSNs still advance.
@@ -21,18 +25,19 @@ In every mode the last ``MEMORY_TAIL_BATCHES_MAX`` batches stay in memory, so
 a leader can send a lagging follower what it misses.
 
 A failed write or fsync fails every waiter at once with ``LogWriteFailed``
-and every later append: the replica stops acknowledging.
+and every later append: the replica stops acknowledging.  Closing the log
+(a planned stop, or a follower replaced by a leader's copy) flushes what was
+written and wakes every waiter: what the last flush covered is durable, the
+rest fails with ``LogWriteFailed``, so no waiter outlives its log.
 """
 
 from __future__ import annotations
 
-import asyncio
-import heapq
-import itertools
 import logging
 import threading
+import time
 from collections import deque
-from typing import Any, Callable
+from typing import Any
 
 from recovery.log_format import LogCodec
 from recovery.redo import RedoRecord
@@ -59,17 +64,17 @@ class RedoLog:
         self.next_lsn = next_lsn
         self.flush_interval_ms = flush_interval_ms
         self.memory_tail: deque = deque(maxlen=MEMORY_TAIL_BATCHES_MAX)
-        self._waiters: list[tuple[int, int, asyncio.Future]] = []
-        self._tiebreak = itertools.count()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flushed = threading.Condition()  # notified after every flush, failure and close
+        self._closed = False
+        self._flushing = False  # a waiter runs an fsync now (sync mode)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        if mode != OFF:
+        if mode == ASYNC:
             self._thread = threading.Thread(target=self._flusher, name="ohmdb-flusher", daemon=True)
             self._thread.start()
 
-    # -- executor side (event loop thread) ------------------------------------------
+    # -- executor side (the replica's threads) ------------------------------------------
 
     @property
     def failed(self) -> BaseException | None:
@@ -116,8 +121,6 @@ class RedoLog:
             self.writer.append(batch, meta)
         self.memory_tail.append((first, batch, meta))
         self.next_lsn = first + batch.num_rows
-        if self.mode == SYNC:
-            self._wake.set()
         return self.written_lsn
 
     def batches_from(self, lsn: int) -> list[tuple[Any, dict[bytes, bytes]]] | None:
@@ -129,17 +132,41 @@ class RedoLog:
             return None
         return [(b, m) for first, b, m in tail if first + b.num_rows > lsn]
 
-    async def durable(self, lsn: int) -> None:
-        """Return once ``lsn`` is durable per the mode; LogWriteFailed if it never will be."""
+    def wait_durable(self, lsn: int, timeout_s: float | None = None) -> bool:
+        """Block until ``lsn`` is durable per the mode (False after ``timeout_s``); LogWriteFailed if it
+        never will be (the log failed, or was closed before a flush covered it)."""
         if self.failed is not None:
             raise LogWriteFailed(f"the log failed: {self.failed}")
-        if self.mode != SYNC or lsn <= self.writer.flushed_lsn:
-            return
-        self._loop = self._loop or asyncio.get_running_loop()
-        future = self._loop.create_future()
-        heapq.heappush(self._waiters, (lsn, next(self._tiebreak), future))
-        self._wake.set()
-        await future
+        if self.mode != SYNC:
+            return True
+        if lsn > self.written_lsn:
+            raise ValueError(f"lsn {lsn} is not written yet (the log is at {self.written_lsn})")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._flushed:
+            while self.writer.flushed_lsn < lsn:
+                if self.failed is not None:
+                    raise LogWriteFailed(f"the log failed: {self.failed}")
+                if self._closed:
+                    raise LogWriteFailed(f"the log was closed before lsn {lsn} was flushed")
+                if not self._flushing:
+                    self._flush_as_waiter()
+                    continue
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._flushed.wait(left)
+        return True
+
+    def _flush_as_waiter(self) -> None:
+        """Run one fsync for every waiter (the caller holds ``_flushed``; released during the fsync)."""
+        self._flushing = True
+        self._flushed.release()
+        try:
+            self.writer.flush()
+        finally:
+            self._flushed.acquire()
+            self._flushing = False
+            self._flushed.notify_all()
 
     def close(self) -> None:
         self._stop.set()
@@ -149,41 +176,27 @@ class RedoLog:
         if self.writer is not None and self.writer.failed is None:
             self.writer.flush()
             self.writer.close()
+        with self._flushed:
+            self._closed = True
+            self._flushed.notify_all()
 
     # -- flusher thread -------------------------------------------------------------------
 
     def _flusher(self) -> None:
         interval_s = self.flush_interval_ms / 1000.0
         while not self._stop.is_set():
-            if self.mode == SYNC:
-                self._wake.wait()
-            else:
-                self._wake.wait(timeout=interval_s)
+            self._wake.wait(timeout=interval_s)
             self._wake.clear()
-            if self.writer.written_lsn <= self.writer.flushed_lsn and not self._waiters:
+            if self.writer.written_lsn <= self.writer.flushed_lsn:
                 continue
             try:
-                flushed = self.writer.flush()
+                self.writer.flush()
             except LogWriteFailed as exc:
                 log.error("log flush failed: %s", exc)
-                self._notify(lambda error=exc: self._fail_all(error))
+                self._notify_waiters()
                 return
-            self._notify(lambda: self._release(flushed))
+            self._notify_waiters()
 
-    def _notify(self, action: Callable[[], Any]) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(action)
-
-    def _release(self, flushed: int) -> None:
-        while self._waiters and self._waiters[0][0] <= flushed:
-            _, _, future = heapq.heappop(self._waiters)
-            if not future.done():
-                future.set_result(None)
-        if self._waiters:
-            self._wake.set()
-
-    def _fail_all(self, exc: BaseException) -> None:
-        waiters, self._waiters = self._waiters, []
-        for _, _, future in waiters:
-            if not future.done():
-                future.set_exception(LogWriteFailed(f"the log failed: {exc}"))
+    def _notify_waiters(self) -> None:
+        with self._flushed:
+            self._flushed.notify_all()

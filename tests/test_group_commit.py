@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import threading
+import time
 
 import pytest
 
@@ -39,31 +39,42 @@ class GatedFsync:
         os.fsync(fd)
 
 
+def _committers(log: RedoLog, ids: range, results: dict[int, object]) -> list[threading.Thread]:
+    """One thread per batch: append it, then wait until it is durable; its outcome goes to ``results``.
+    Appends take a lock, as the replica's lock orders them."""
+    appending = threading.Lock()
+
+    def commit(i: int) -> None:
+        try:
+            with appending:
+                log.append(_recs(2, i * 10), epoch=1)
+                lsn = log.written_lsn
+            results[i] = log.wait_durable(lsn, timeout_s=30)
+        except LogWriteFailed as exc:
+            results[i] = exc
+
+    return [threading.Thread(target=commit, args=(i,)) for i in ids]
+
+
 def test_batches_written_during_an_fsync_share_the_next_one(tmp_path):
     fsync = GatedFsync()
     writer = SegmentWriter(str(tmp_path), CODEC, 1, fsync=fsync)
     log = RedoLog(SYNC, CODEC, writer, 1)
-
-    async def scenario() -> list[int]:
-        order: list[int] = []
-
-        async def commit(i: int) -> None:
-            log.append(_recs(2, i * 10), epoch=1)
-            await log.durable(log.written_lsn)
-            order.append(i)
-
-        first = asyncio.ensure_future(commit(0))
-        await asyncio.get_running_loop().run_in_executor(None, fsync.entered.wait, 30)
-        # The first fsync is in progress: these five batches are written meanwhile.
-        rest = [asyncio.ensure_future(commit(i)) for i in range(1, 6)]
-        await asyncio.sleep(0)
-        assert not any(t.done() for t in [first, *rest])  # nothing acknowledged before its fsync
-        fsync.gate.set()
-        await asyncio.wait_for(asyncio.gather(first, *rest), timeout=30)
-        return order
-
-    order = asyncio.run(scenario())
-    assert sorted(order) == list(range(6))
+    results: dict[int, object] = {}
+    [first] = _committers(log, range(0, 1), results)
+    first.start()
+    assert fsync.entered.wait(30)
+    # The first fsync is in progress: these five batches are written meanwhile.
+    rest = _committers(log, range(1, 6), results)
+    for t in rest:
+        t.start()
+    while log.written_lsn < 12:
+        time.sleep(0.001)
+    assert results == {}  # nothing acknowledged before its fsync
+    fsync.gate.set()
+    for t in [first, *rest]:
+        t.join(timeout=30)
+    assert results == {i: True for i in range(6)}
     assert writer.batches == 6
     assert fsync.calls == writer.fsyncs == 2  # one for the first batch, one shared by the five written during it
     assert log.durable_lsn == 12
@@ -76,37 +87,53 @@ def test_a_failed_fsync_fails_every_waiter_and_every_later_append(tmp_path):
 
     writer = SegmentWriter(str(tmp_path), CODEC, 1, fsync=broken)
     log = RedoLog(SYNC, CODEC, writer, 1)
-
-    async def scenario() -> list[BaseException]:
-        async def commit(i: int) -> None:
-            log.append(_recs(1, i), epoch=1)
-            await log.durable(log.written_lsn)
-
-        results = await asyncio.wait_for(
-            asyncio.gather(*(commit(i) for i in range(1, 4)), return_exceptions=True), timeout=30)
-        return results
-
-    results = asyncio.run(scenario())
-    assert all(isinstance(r, LogWriteFailed) for r in results)
+    results: dict[int, object] = {}
+    threads = _committers(log, range(1, 4), results)
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(results) == [1, 2, 3]
+    assert all(isinstance(r, LogWriteFailed) for r in results.values()), results
     with pytest.raises(LogWriteFailed):
         log.append(_recs(1, 9), epoch=1)
     assert log.durable_lsn == 0
 
 
+def test_a_waiter_runs_the_fsync_others_wait_for_it_bounded(tmp_path):
+    fsync = GatedFsync()
+    writer = SegmentWriter(str(tmp_path), CODEC, 1, fsync=fsync)
+    log = RedoLog(SYNC, CODEC, writer, 1)
+    log.append(_recs(2, 1), epoch=1)
+    results: dict[str, object] = {}
+    first = threading.Thread(target=lambda: results.update(first=log.wait_durable(2)))
+    first.start()
+    assert fsync.entered.wait(30)  # the first waiter runs the fsync itself
+    assert log.wait_durable(2, timeout_s=0.05) is False  # it is held: another wait gives up, bounded
+    second = threading.Thread(target=lambda: results.update(second=log.wait_durable(2)))
+    second.start()
+    fsync.gate.set()
+    first.join(timeout=30)
+    second.join(timeout=30)
+    assert results == {"first": True, "second": True}
+    assert fsync.calls == 1  # the second waiter shared the first one's fsync
+    with pytest.raises(ValueError, match="lsn 3 is not written yet"):
+        log.wait_durable(3)
+    log.close()
+    assert log.wait_durable(2) is True
+
+
 def test_async_mode_acknowledges_at_once_and_flushes_on_its_interval(tmp_path):
     writer = SegmentWriter(str(tmp_path), CODEC, 1)
     log = RedoLog(ASYNC, CODEC, writer, 1, flush_interval_ms=10)
-
-    async def scenario() -> None:
-        log.append(_recs(3, 1), epoch=1)
-        await asyncio.wait_for(log.durable(log.written_lsn), timeout=1)  # does not wait for an fsync
-        for _ in range(500):
-            if log.durable_lsn == 3:
-                return
-            await asyncio.sleep(0.01)
+    log.append(_recs(3, 1), epoch=1)
+    assert log.wait_durable(log.written_lsn, timeout_s=0) is True  # does not wait for an fsync
+    for _ in range(500):
+        if log.durable_lsn == 3:
+            break
+        time.sleep(0.01)
+    else:
         raise AssertionError("the interval flush never came")
-
-    asyncio.run(scenario())
     log.close()
 
 
@@ -121,31 +148,49 @@ def test_off_mode_writes_nothing_and_keeps_a_bounded_memory_tail(tmp_path):
 
 
 def test_sequencer_runs_each_clients_calls_in_the_order_sent():
-    async def scenario() -> list[tuple[str, int]]:
-        seq = Sequencer(wait_s=5)
-        ran: list[tuple[str, int]] = []
+    lock = threading.Lock()
+    seq = Sequencer(lock, wait_s=5)
+    ran: list[tuple[str, int]] = []
 
-        async def call(client: str, n: int) -> None:
-            await seq.turn(client, n)
-            ran.append((client, n))  # "execution": no await between turn and here
+    def call(client: str, n: int) -> None:
+        with lock:
+            seq.turn(client, n)
+            ran.append((client, n))  # "execution": the lock held from the turn to here
 
-        arrivals = [(c, n) for c in "ab" for n in range(20)]
-        random.Random(3).shuffle(arrivals)
-        await asyncio.wait_for(asyncio.gather(*(call(c, n) for c, n in arrivals)), timeout=10)
-        return ran
-
-    ran = asyncio.run(scenario())
+    arrivals = [(c, n) for c in "ab" for n in range(20)]
+    random.Random(3).shuffle(arrivals)
+    threads = [threading.Thread(target=call, args=a) for a in arrivals]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert seq.gaps == 0
     for client in "ab":
         assert [n for c, n in ran if c == client] == list(range(20))
 
 
-def test_sequencer_goes_ahead_after_a_bounded_wait_for_a_lost_call():
-    async def scenario() -> Sequencer:
-        seq = Sequencer(wait_s=0.05)
-        await seq.turn("c", 0)
-        await asyncio.wait_for(seq.turn("c", 2), timeout=5)  # call 1 never comes
-        await seq.turn("c", 3)
-        return seq
+def test_sequencer_holds_the_next_call_until_done():
+    lock = threading.Lock()
+    seq = Sequencer(lock, wait_s=5)
+    ran: list[str] = []
+    with lock:
+        seq.turn("c", 0, hold=True)
+    second = threading.Thread(target=lambda: (lock.acquire(), seq.turn("c", 1), ran.append("1"), lock.release()))
+    second.start()
+    second.join(timeout=0.1)
+    assert second.is_alive() and ran == []  # call 0 has not finished executing
+    with lock:
+        ran.append("0")
+        seq.done("c", 0)
+    second.join(timeout=10)
+    assert ran == ["0", "1"]
 
-    seq = asyncio.run(scenario())
+
+def test_sequencer_goes_ahead_after_a_bounded_wait_for_a_lost_call():
+    lock = threading.Lock()
+    seq = Sequencer(lock, wait_s=0.05)
+    with lock:
+        seq.turn("c", 0)
+        seq.turn("c", 2)  # call 1 never comes
+        seq.turn("c", 3)
     assert seq.gaps == 1

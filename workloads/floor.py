@@ -8,7 +8,8 @@ measures, in one run, the floors every ohmdb figure sits on:
 * **call chains** -- ``client -> a -> b -> ...`` through empty actors of ohmdb's
   own shape (spawned by ``runtime.spawn``, with the control concurrency group),
   each hop a blocking call inside the previous one, for depths 1..4, once with
-  threaded actors and once with async ones (the partition replicas are async).
+  threaded actors and once with async ones (every ohmdb actor is threaded;
+  the async column shows what the replicas cost before they became threaded).
   A cross-partition transaction needs, on its critical path, at least the
   chain ``client -> coordinator -> leader -> follower`` (depth 3: the PREPARE
   must be on the follower before anyone may count on it), and a separately
@@ -85,7 +86,7 @@ class HopProbe:
 
 
 class AsyncHopProbe:
-    """The same as an async actor (the shape of a partition replica)."""
+    """The same as an async actor (the shape partition replicas had before they became threaded)."""
 
     async def hop(self, rest: list[Any]) -> int:
         if not rest:
