@@ -272,7 +272,15 @@ class PartitionReplica:
     def _settled(self, lsn: int, fences: int) -> OhmError | None:
         """Wait until ``lsn`` is durable here and held by every follower (``fences``: as seen before
         writing, so a fence while waiting fails the wait at once)."""
-        log_ = self.log
+        err = self._durable_here(lsn)
+        if err is not None:
+            return err
+        self._maybe_snapshot()
+        return self._replicated(lsn, fences)
+
+    def _durable_here(self, lsn: int) -> OhmError | None:
+        """Wait, the lock released, until ``lsn`` is durable in this replica's log; a typed error if not."""
+        log_ = self.log  # an install may replace the log while we wait: wait on the one written to
         try:
             with self._unlocked():
                 durable = log_.wait_durable(lsn, self.config["call_timeout_s"])
@@ -280,9 +288,9 @@ class PartitionReplica:
             return self._log_failed(exc)
         if not durable:
             return Timeout(f"partition {self.core.partition_id}: lsn {lsn} was not flushed within "
-                           f"{self.config['call_timeout_s']} s; the outcome is unknown", partition=self.core.partition_id)
-        self._maybe_snapshot()
-        return self._replicated(lsn, fences)
+                           f"{self.config['call_timeout_s']} s; the outcome is unknown",
+                           partition=self.core.partition_id, lsn=lsn)
+        return None
 
     def _refuse_unless_leader(self) -> OhmError | None:
         if self.halted is not None:
@@ -324,8 +332,12 @@ class PartitionReplica:
         """Take followers' answers in arrival order; a failed follower is reported on a thread of its own."""
         while True:
             name, outcome = self._answers.get()
-            with self._mu:
-                failed = self._take_answer(name, outcome)
+            try:
+                with self._mu:
+                    failed = self._take_answer(name, outcome)
+            except Exception:  # one odd answer must not stop every later ack: its waiters time out
+                log.exception("answer from follower %s could not be taken: %r", name, outcome)
+                continue
             if failed is not None:
                 threading.Thread(target=self._report_follower_failed, args=(name, *failed),
                                  name="ohmdb-follower-failed", daemon=True).start()
@@ -559,16 +571,8 @@ class PartitionReplica:
                 return self._log_failed(exc)
             self._lsn_moved.notify_all()
             self._maybe_snapshot()
-        log_ = self.log
-        try:
-            with self._unlocked():
-                durable = log_.wait_durable(first + count - 1, self.config["call_timeout_s"])
-        except segments.LogWriteFailed as exc:
-            return self._log_failed(exc)
-        if not durable:
-            return Timeout(f"replicate: lsn {first + count - 1} was not flushed within "
-                           f"{self.config['call_timeout_s']} s", lsn=first)
-        return {"held_lsn": self.log.held_lsn}
+        err = self._durable_here(first + count - 1)
+        return err if err is not None else {"held_lsn": self.log.held_lsn}
 
     def _lsn_turn(self, epoch: int, first: int, count: int) -> str:
         """Wait (bounded) until the batches before ``first`` are here; the verdict then."""

@@ -68,8 +68,10 @@ def test_batches_written_during_an_fsync_share_the_next_one(tmp_path):
     rest = _committers(log, range(1, 6), results)
     for t in rest:
         t.start()
-    while log.written_lsn < 12:
+    deadline = time.monotonic() + 30
+    while log.written_lsn < 12 and time.monotonic() < deadline:  # the five appends are done
         time.sleep(0.001)
+    assert log.written_lsn == 12
     assert results == {}  # nothing acknowledged before its fsync
     fsync.gate.set()
     for t in [first, *rest]:
