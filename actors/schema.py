@@ -29,6 +29,7 @@ import datetime as _dt
 import decimal
 import inspect
 import keyword
+import operator
 import types
 import typing
 from dataclasses import dataclass, field
@@ -53,11 +54,15 @@ def _int_checker(t: pa.DataType) -> Checker:
     lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if pa.types.is_signed_integer(t) else (0, (1 << bits) - 1)
 
     def check(v: Any) -> Any:
-        if type(v) is int or (isinstance(v, int) and not isinstance(v, bool)):
+        if type(v) is int:  # the common case: no conversion
+            if lo <= v <= hi:
+                return v
+        elif isinstance(v, int) and not isinstance(v, bool):
             if lo <= v <= hi:
                 return int(v)
-            raise _Bad(f"out of range for {t} [{lo}, {hi}]")
-        raise _Bad(f"expected an integer for {t}")
+        else:
+            raise _Bad(f"expected an integer for {t}")
+        raise _Bad(f"out of range for {t} [{lo}, {hi}]")
 
     return check
 
@@ -184,6 +189,10 @@ class Table:
         self._nested = frozenset(f.name for f in schema if is_nested(f.type))
         self._pk_index = {col: i for i, col in enumerate(self.primary_key)}
         self._partition_pos = None if partition_by is None else self._pk_index[partition_by]
+        # Per-column (name, checker, nullable) in schema order: check_row's loop without lookups.
+        self._row_plan = tuple((c, self._checkers[c], self._nullable[c]) for c in columns)
+        self._key_plan = tuple((c, self._checkers[c]) for c in self.primary_key)
+        self._key_getter = operator.itemgetter(*self.primary_key)
 
     def __repr__(self) -> str:
         how = "replicated" if self.replicated else f"partition_by={self.partition_by!r}"
@@ -213,7 +222,18 @@ class Table:
             raise SchemaViolation(f"table {self.name!r}: a row must be a dict, got {type(row).__name__}", table=self.name)
         if row.keys() != self._column_set:
             self._explain_columns(row.keys(), full=True)
-        return {col: self.check_value(col, row[col]) for col in self.columns}
+        clean = {}
+        for col, check, nullable in self._row_plan:  # check_value inlined; it explains a bad value
+            value = row[col]
+            if value is None:
+                clean[col] = None if nullable else self.check_value(col, value)
+                continue
+            try:
+                clean[col] = check(value)
+            except _Bad:
+                self.check_value(col, value)
+                raise
+        return clean
 
     def check_changes(self, changes: Any) -> dict[str, Any]:
         """A validated copy of a partial row for update (no primary-key columns)."""
@@ -253,21 +273,31 @@ class Table:
     # -- keys -----------------------------------------------------------------
 
     def key_of(self, row: Mapping[str, Any]) -> Any:
-        if len(self.primary_key) == 1:
-            return row[self.primary_key[0]]
-        return tuple(row[c] for c in self.primary_key)
+        return self._key_getter(row)  # the value of a one-column key, else a tuple
 
     def check_key(self, key: Any) -> Any:
         """A validated, normalized key (scalar, or tuple for a composite key)."""
         pk = self.primary_key
         if len(pk) == 1:
+            if key is not None:  # the common case inlined; _check_key_part explains a bad key
+                try:
+                    return self._key_plan[0][1](key)
+                except _Bad:
+                    pass
             return self._check_key_part(pk[0], key)
         if not isinstance(key, tuple) or len(key) != len(pk):
             raise SchemaViolation(
                 f"table {self.name!r}: key must be a tuple of {len(pk)} values {list(pk)}, got {key!r}",
                 table=self.name, value=repr(key),
             )
-        return tuple(self._check_key_part(c, v) for c, v in zip(pk, key))
+        parts = []
+        for (col, check), value in zip(self._key_plan, key):
+            try:
+                parts.append(check(value) if value is not None else self._check_key_part(col, value))
+            except _Bad:
+                self.check_value(col, value)
+                raise
+        return tuple(parts)
 
     def _check_key_part(self, column: str, value: Any) -> Any:
         if value is None:

@@ -119,25 +119,46 @@ class LogCodec:
 
     def decode(self, batch: pa.RecordBatch) -> list[RedoRecord]:
         """Records of a validated batch."""
-        cols = batch.to_pydict()
+        txn_ids = batch.column("txn_id").to_pylist()
+        ops = batch.column("op").to_pylist()
+        tables = batch.column("table").to_pylist()
+        cells = self._cells(batch, tables)
         out = []
-        for i in range(batch.num_rows):
-            table, op = cols["table"][i], cols["op"][i]
+        for i, (txn_id, op, table) in enumerate(zip(txn_ids, ops, tables)):
+            image = cells[i]
             if op in CONTROL_OPS:
-                req = cols[REQUEST_COLUMN][i]
-                if req is None:
-                    raise CorruptBatch(f"record lsn={cols['lsn'][i]}: {op} without its request column")
-                out.append(RedoRecord(cols["txn_id"][i], op, "", req["id"], {"outcome": req["outcome"]}))
+                if image is None:
+                    raise CorruptBatch(f"record lsn={self._lsn(batch, i)}: {op} without its request column")
+                out.append(RedoRecord(txn_id, op, "", image["id"], {"outcome": image["outcome"]}))
                 continue
             t = self._tables.get(table)
             if t is None or op not in OPS:
-                raise CorruptBatch(f"record lsn={cols['lsn'][i]}: unknown table {table!r} or op {op!r}")
-            image = cols[table][i]
+                raise CorruptBatch(f"record lsn={self._lsn(batch, i)}: unknown table {table!r} or op {op!r}")
             if image is None:
-                raise CorruptBatch(f"record lsn={cols['lsn'][i]}: no row image for table {table!r}")
-            key = t.key_of(image)
-            out.append(RedoRecord(cols["txn_id"][i], op, table, key, None if op == DELETE else image))
+                raise CorruptBatch(f"record lsn={self._lsn(batch, i)}: no row image for table {table!r}")
+            out.append(RedoRecord(txn_id, op, table, t.key_of(image), None if op == DELETE else image))
         return out
+
+    def _cells(self, batch: pa.RecordBatch, tables: list[str]) -> list[Any]:
+        """Each record's own cell: its table's row image, or the request column for a control
+        record (table ``""``).  Only those cells become Python objects: a column is null
+        in every other record, and converting it whole would cost a record per table."""
+        cells: list[Any] = [None] * len(tables)
+        for name in set(tables):
+            column = REQUEST_COLUMN if name == "" else name
+            if column not in self._tables and column != REQUEST_COLUMN:
+                continue  # an unknown table: decode names it
+            rows = [i for i, t in enumerate(tables) if t == name]
+            values = batch.column(column)
+            if len(rows) < len(tables):
+                values = values.take(pa.array(rows, type=pa.int64()))
+            for i, value in zip(rows, values.to_pylist()):
+                cells[i] = value
+        return cells
+
+    @staticmethod
+    def _lsn(batch: pa.RecordBatch, i: int) -> Any:
+        return batch.column("lsn")[i].as_py()
 
     def _key_image(self, table: str, key: Any) -> dict[str, Any]:
         t = self._tables[table]

@@ -31,6 +31,8 @@ PREPARE = "PREPARE"
 COMMIT = "COMMIT"
 ABORT = "ABORT"
 DECISION = "DECISION"
+#: Records that change a table row.
+ROW_OPS = (INSERT, UPDATE, DELETE)
 #: Records that carry no table data: their key and payload travel in the log's ``request`` column.
 CONTROL_OPS = (REQUEST, PREPARE, COMMIT, ABORT, DECISION)
 OPS = (INSERT, UPDATE, DELETE, *CONTROL_OPS)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from actors.partition_core import PartitionCore
 from actors.schema import Schema, Table
 from recovery.log_format import CorruptBatch, LogCodec, from_wire, to_wire
-from recovery.redo import DELETE, INSERT, UPDATE, RedoRecord
+from recovery.redo import DELETE, INSERT, REQUEST, UPDATE, RedoRecord
 from recovery.replay import LOG_DIR, SNAPSHOT_DIR, RecoveryFailed, recover_replica
 from recovery.segments import QUARANTINE_DIR, LogWriteFailed, SegmentWriter, list_segments, read_log
 from recovery.snapshots import list_snapshots, prune_snapshots, write_snapshot
@@ -171,6 +171,34 @@ def test_a_shipped_batch_round_trips_and_damage_on_the_wire_is_refused():
         with pytest.raises(CorruptBatch):
             from_wire(data, codec.arrow_schema, m)
             pytest.fail(f"{what} was accepted")
+
+
+def _with_cell(batch: pa.RecordBatch, column: str, row: int, value) -> pa.RecordBatch:
+    """``batch`` with one cell replaced (a well-formed batch whose records do not make sense)."""
+    values = batch.column(column).to_pylist()
+    values[row] = value
+    arrays = [pa.array(values, type=batch.schema.field(column).type) if name == column else batch.column(name)
+              for name in batch.schema.names]
+    return pa.RecordBatch.from_arrays(arrays, schema=batch.schema)
+
+
+def test_decode_takes_each_record_from_its_own_column_and_names_a_record_that_makes_no_sense():
+    codec = LogCodec(SCHEMA)
+    request = RedoRecord(0, REQUEST, "", "req-1", {"outcome": b"\x00pickled"})
+    records = _records(7, random.Random(3)) + [request] + _records(8, random.Random(5))
+    batch, _ = codec.encode(records, 41, epoch=2)
+    assert codec.decode(batch) == records
+    data_row = 0
+    request_row = records.index(request)
+    nonsense = {
+        "unknown table 'nope'": (_with_cell(batch, "table", data_row, "nope"), data_row),
+        "op 'BOGUS'": (_with_cell(batch, "op", data_row, "BOGUS"), data_row),
+        "no row image for table 'accounts'": (_with_cell(batch, "accounts", data_row, None), data_row),
+        "REQUEST without its request column": (_with_cell(batch, "request", request_row, None), request_row),
+    }
+    for message, (bad, row) in nonsense.items():
+        with pytest.raises(CorruptBatch, match=f"record lsn={41 + row}: .*{message}"):
+            codec.decode(bad)
 
 
 def test_snapshot_then_log_and_fallback_to_an_older_snapshot(tmp_path):

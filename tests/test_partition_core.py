@@ -988,3 +988,16 @@ def test_a_batch_that_meets_a_locked_key_is_undone_whole_and_runs_again_later():
     assert again.results[2] == {"id": 2, "val": 20, "note": None}
     assert core.tables["kv"][1]["val"] == 11 and 3 in core.tables["kv"]
     assert [r.op for r in again.redo] == [UPDATE, INSERT]
+
+
+def test_the_remembered_partition_of_a_value_is_always_partition_of(monkeypatch):
+    """``_partition_of`` remembers ints and strs only, and stays right after it forgets (bounded)."""
+    import actors.partition_core as pc
+    monkeypatch.setattr(pc, "HOMES_KEPT_MAX", 16)
+    core = new_core(partitions=7, partition=3)
+    values = [*range(-40, 40), *(f"k{n}" for n in range(40)), True, False, 2.0, 2.5, (1, "a"), b"x", 1 << 70]
+    for _ in range(2):  # the second pass answers from what is remembered (or was forgotten)
+        for value in values:
+            assert core._partition_of(value) == partition_of(value, 7), value
+    assert len(core._homes) <= 16
+    assert all(type(v) in (int, str) for v in core._homes)
