@@ -14,6 +14,16 @@ without Ray and tests can swap this module.  What it does:
   unless ``max_concurrency`` makes it a pool.  A class may declare more groups
   (``CONCURRENCY_GROUPS``: name -> threads) and put a method in one with
   ``in_group``.
+* Packed calls: each public method ``m`` of a spawned class has a packed
+  form ``packed_m`` that takes the arguments as one blob and returns the
+  result as one (cloudpickle, as Ray itself would pickle them); ``submit``
+  calls it and packs, ``get`` / ``on_done`` / ``get_async`` unpack.  Ray
+  serializes a list of tuples element by element (msgpack with a pickled
+  extension per tuple): on this machine a call carrying 250 small tuples
+  cost 1.4 ms of CPU on each side, packed 0.65 ms; an empty call 0.7 ms,
+  packed 0.55 ms.  The class's own methods are unchanged (its own calls and
+  tests use them); methods named ``_...`` have no packed form.  Every call
+  to an ohmdb actor goes through ``submit``.
 * ``on_done`` hands a ref's outcome to a callback without blocking a thread
   (a threaded actor's way to collect answers it does not wait for).
 * ``tune_gc`` raises the youngest garbage-collector generation's threshold
@@ -30,6 +40,7 @@ without Ray and tests can swap this module.  What it does:
 from __future__ import annotations
 
 import gc
+import inspect
 import logging
 import os
 import signal
@@ -53,6 +64,8 @@ NAME_POLL_S = 0.05
 #: How long a signal sent through a task on another node may take.
 SIGNAL_TIMEOUT_S = 10.0
 
+#: Name prefix of a remote method's packed form (see "Packed calls").
+PACKED_PREFIX = "packed_"
 #: Garbage-collector thresholds in actor processes (``tune_gc``): youngest generation (allocations), then
 #: collections of the younger generation between collections of the next (CPython's defaults).
 GC_YOUNG_ALLOCATIONS = 50_000
@@ -100,8 +113,47 @@ def disconnect() -> None:
 def _remote_class(cls: type) -> Any:
     if cls not in _remote_classes:
         groups = {CONTROL_GROUP: CONTROL_THREADS, **getattr(cls, "CONCURRENCY_GROUPS", {})}
-        _remote_classes[cls] = ray.remote(concurrency_groups=groups)(cls)
+        _remote_classes[cls] = ray.remote(concurrency_groups=groups)(_packing_class(cls))
     return _remote_classes[cls]
+
+
+def _packing_class(cls: type) -> type:
+    """A subclass of ``cls`` with, for each public method ``m``, a method ``PACKED_PREFIX + m`` that takes
+    its arguments as one packed blob and returns its result packed (see "Packed calls" in the design
+    note).  ``m`` itself stays as it is: the class's own calls of it are not packed."""
+    wrapped = {}
+    for name, member in inspect.getmembers(cls, inspect.isfunction):
+        if name.startswith("_") or isinstance(inspect.getattr_static(cls, name), (staticmethod, classmethod)):
+            continue
+        wrapped[PACKED_PREFIX + name] = _packing_method(member)
+    sub = type(cls.__name__, (cls,), wrapped)
+    sub.__qualname__, sub.__module__, sub.__doc__ = cls.__qualname__, cls.__module__, cls.__doc__
+    return sub
+
+
+def _packing_method(method: Any) -> Any:
+    if inspect.iscoroutinefunction(method):
+        async def run(self: Any, packed: bytes) -> bytes:
+            return _pack(await method(self, *_unpack(packed)))
+    else:
+        def run(self: Any, packed: bytes) -> bytes:
+            return _pack(method(self, *_unpack(packed)))
+    # Ray reads a method's options from its ``__ray_*__`` attributes (ray.method): carry those over,
+    # nothing else: a ``__wrapped__`` (functools.wraps) or a ``__signature__`` (Ray's tracing sets one
+    # on methods it loads) would make Ray check calls against the unpacked signature.
+    run.__dict__.update({k: v for k, v in method.__dict__.items() if k.startswith("__ray_")})
+    run.__name__ = PACKED_PREFIX + method.__name__
+    run.__qualname__ = method.__qualname__.rsplit(".", 1)[0] + "." + run.__name__
+    run.__doc__ = method.__doc__
+    return run
+
+
+def _pack(value: Any) -> bytes:
+    return ray.cloudpickle.dumps(value, protocol=5)
+
+
+def _unpack(data: bytes) -> Any:
+    return ray.cloudpickle.loads(data)
 
 
 def in_group(group: str) -> Any:
@@ -281,16 +333,16 @@ def wait_gone(name: str, timeout_s: float) -> bool:
 
 def submit(handle: Any, method: str, *args: Any, control: bool = False) -> Any:
     """Start ``handle.method(*args)``; return its object ref."""
-    m = getattr(handle, method)
+    m = getattr(handle, PACKED_PREFIX + method)
     if control:
         m = m.options(concurrency_group=CONTROL_GROUP)
-    return m.remote(*args)
+    return m.remote(_pack(args))
 
 
 def get(ref: Any, timeout_s: float | None = None, what: str = "call") -> Any:
     """Wait for one ref; typed errors for timeouts, dead actors and raised OhmErrors."""
     try:
-        return ray.get(ref, timeout=timeout_s)
+        return _unpack(ray.get(ref, timeout=timeout_s))
     except GetTimeoutError:
         raise Timeout(f"{what}: no answer within {timeout_s} s; the outcome is unknown", timeout_s=timeout_s) from None
     except (RayTaskError, RayActorError) as exc:
@@ -300,7 +352,7 @@ def get(ref: Any, timeout_s: float | None = None, what: str = "call") -> Any:
 async def get_async(ref: Any, what: str = "call") -> Any:
     """Await one ref inside an async actor; typed errors as in ``get``."""
     try:
-        return await ref
+        return _unpack(await ref)
     except (RayTaskError, RayActorError) as exc:
         raise _typed(exc, what) from None
 
@@ -312,7 +364,7 @@ def on_done(ref: Any, callback: Any, what: str = "call") -> None:
     """
     def resolved(future: Any) -> None:
         try:
-            outcome = future.result()
+            outcome = _unpack(future.result())
         except (RayTaskError, RayActorError) as exc:
             outcome = _typed(exc, what)
         except Exception as exc:  # e.g. the object was lost: the callee's answer never comes
