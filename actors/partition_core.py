@@ -489,7 +489,6 @@ class PartitionCore:
                 )
         return key
 
-
     def _partition_of(self, value: Any) -> int:
         """``partition_of(value)``, remembered for ints and strs (equal ones hash alike: a txn
         touches its partition value several times, and hashing it costs more than a lookup)."""

@@ -127,8 +127,9 @@ class LogCodec:
         for i, (txn_id, op, table) in enumerate(zip(txn_ids, ops, tables)):
             image = cells[i]
             if op in CONTROL_OPS:
-                if image is None:
-                    raise CorruptBatch(f"record lsn={self._lsn(batch, i)}: {op} without its request column")
+                if table != "" or image is None:  # its cell is the request column, not a table's
+                    raise CorruptBatch(f"record lsn={self._lsn(batch, i)}: {op} without its request column "
+                                       f"(table {table!r})")
                 out.append(RedoRecord(txn_id, op, "", image["id"], {"outcome": image["outcome"]}))
                 continue
             t = self._tables.get(table)

@@ -195,6 +195,8 @@ def test_decode_takes_each_record_from_its_own_column_and_names_a_record_that_ma
         "op 'BOGUS'": (_with_cell(batch, "op", data_row, "BOGUS"), data_row),
         "no row image for table 'accounts'": (_with_cell(batch, "accounts", data_row, None), data_row),
         "REQUEST without its request column": (_with_cell(batch, "request", request_row, None), request_row),
+        "PREPARE without its request column \\(table 'accounts'\\)":
+            (_with_cell(batch, "op", data_row, "PREPARE"), data_row),
     }
     for message, (bad, row) in nonsense.items():
         with pytest.raises(CorruptBatch, match=f"record lsn={41 + row}: .*{message}"):
