@@ -436,18 +436,13 @@ class PartitionCore:
         mask = (1 << TXN_SEQ_BITS) - 1
         tables = self.tables
         for rec in records:
-            if rec.op in ROW_OPS and not is_mp_txn(rec.txn_id):  # the common case: an SP txn's row
+            if rec.op in ROW_OPS and not is_mp_txn(rec.txn_id):  # an SP txn's row: the common case
                 apply_record(tables, rec)
-                self.txn_seq = max(self.txn_seq, rec.txn_id & mask)
-                continue
-            if self.mp.apply(rec):
-                continue
-            if rec.op == REQUEST:
-                self.remember(rec.key, rec.row["outcome"])
-                continue
-            apply_record(self.tables, rec)
-            if not is_mp_txn(rec.txn_id):
                 self.txn_seq = max(self.txn_seq, rec.txn_id & mask)  # a promoted follower numbers on from here
+            elif rec.op == REQUEST:
+                self.remember(rec.key, rec.row["outcome"])
+            elif not self.mp.apply(rec):  # 2PC markers and MP txns' rows go to the participant
+                raise ValueError(f"unknown redo op {rec.op!r} in transaction {rec.txn_id}")
 
     def remember(self, request_id: str, outcome: bytes) -> None:
         """Keep a request's outcome for retries (bounded: the oldest are forgotten)."""

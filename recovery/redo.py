@@ -35,7 +35,7 @@ DECISION = "DECISION"
 ROW_OPS = (INSERT, UPDATE, DELETE)
 #: Records that carry no table data: their key and payload travel in the log's ``request`` column.
 CONTROL_OPS = (REQUEST, PREPARE, COMMIT, ABORT, DECISION)
-OPS = (INSERT, UPDATE, DELETE, *CONTROL_OPS)
+OPS = (*ROW_OPS, *CONTROL_OPS)
 
 
 class RedoRecord(NamedTuple):

@@ -1001,3 +1001,12 @@ def test_the_remembered_partition_of_a_value_is_always_partition_of(monkeypatch)
             assert core._partition_of(value) == partition_of(value, 7), value
     assert len(core._homes) <= 16
     assert all(type(v) in (int, str) for v in core._homes)
+
+
+def test_replaying_a_record_with_an_unknown_op_is_refused():
+    from recovery.redo import RedoRecord
+
+    core = new_core()
+    with pytest.raises(ValueError, match="unknown redo op 'BOGUS'"):
+        core.apply_redo([RedoRecord(5, "BOGUS", "kv", 1, {"id": 1, "val": 1, "note": None})])
+    assert core.tables["kv"] == {}
