@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from actors import runtime
 from actors.config import ClusterConfig, validate_cluster_name
-from actors.coordinator import MP_THREADS, coordinator_name
+from actors.coordinator import MP_RUNS_AT_ONCE, coordinator_name
 from actors.errors import (
     ActorDied, BatchTooLarge, ClusterExists, ClusterNotFound, CoordinatorUnavailable, InvalidArguments, InvalidConfig,
     LogWriteFailed, NotLeader, OhmError, OutcomeUnknown, PartitionUnavailable, StaleEpoch, Timeout,
@@ -455,8 +455,8 @@ class Cluster:
         out: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
         for attempt in range(1, MP_RESENDS_MAX + 2):
-            # The coordinator runs MP_THREADS of a batch at once: a big batch gets the time of its rounds.
-            wait_s = timeout_s * (3 + len(todo) // MP_THREADS)
+            # The coordinator runs MP_RUNS_AT_ONCE of a batch at once: a big batch gets the time of its rounds.
+            wait_s = timeout_s * (3 + len(todo) // MP_RUNS_AT_ONCE)
             answer = runtime.get_each([ref], wait_s, "execute")[0]
             for j, i in enumerate(todo):
                 out[i] = answer if isinstance(answer, OhmError) else answer[j]

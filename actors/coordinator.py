@@ -6,10 +6,11 @@ A thin shell around ``CoordinatorCore`` (the 2PC state machine): the core
 decides, this actor moves messages.  Its parts:
 
 * ``execute(calls, attempt)`` -- a client's batch of MP transactions; each
-  procedure runs on a worker thread (``MP_THREADS``) so a batch runs
-  concurrently; the thread is free again once the procedure has returned
-  (phases 1 and 2 run on callbacks; the core's Reply completes the txn).  The
-  procedure gets an ``MPContext``: ``tx.run`` / ``run_many`` / ``run_all``
+  procedure runs in a greenlet on the hub thread (``actors.hub``; up to
+  ``MP_RUNS_AT_ONCE`` at once) so a batch runs concurrently without a thread
+  per transaction; phases 1 and 2 run on callbacks once the procedure has
+  returned, and the core's Reply completes the txn.  The procedure gets an
+  ``MPContext``: ``tx.run`` / ``run_many`` / ``run_all``
   send fragments to partition leaders inside the open transaction;
   ``run_many(..., last=True)`` marks the last round, whose partitions prepare
   as they run their fragment (their YES votes are kept and handed to the
@@ -41,7 +42,6 @@ restarted coordinator's ids are above every id its predecessor used.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import logging
 import os
 import random
@@ -58,6 +58,7 @@ from actors.errors import (
     ActorDied, CoordinatorUnavailable, InvalidArguments, LockConflict, NotLeader, OhmError, OutcomeUnknown,
     PartitionUnavailable, ProcedureFailed, StaleEpoch, Timeout, TxnAborted, UnknownProcedure, UserAbort, invariant,
 )
+from actors.hub import Gather, Hub
 from actors.participant import MP_TXN_BIT
 from actors.routing import partition_of
 from actors.schema import Schema
@@ -65,8 +66,8 @@ from recovery.cluster_map import supervisor_name
 
 log = logging.getLogger("ohmdb.coordinator")
 
-#: Worker threads running MP procedures at once (each holds one open transaction).
-MP_THREADS = 128
+#: MP procedures running at once on the hub (each a greenlet holding one open transaction); more wait their turn.
+MP_RUNS_AT_ONCE = 512
 #: Ray calls the coordinator accepts at once (each a client's batch).
 COORDINATOR_CALLS_MAX = 32
 #: 2PC steps sent to one partition in one call, and calls in flight per lane (see ``_Lane``).
@@ -160,10 +161,10 @@ class MPContext:
             raise InvalidArguments(f"txn {self.txn_id}: a fragment after the last round (run_many(last=True))")
         steps = self._steps(parts, last and not self._read_only)
         self._last_done = last
-        gather = _Gather(len(parts))
+        gather = Gather(len(parts))
         for k, ((p, _, _), step) in enumerate(zip(parts, steps)):
             self._c._links[p].post(step, gather.slot(k))
-        if not gather.done.wait(self._c.config.call_timeout_s):
+        if not gather.wait(self._c.config.call_timeout_s):
             timeout = Timeout(f"txn {self.txn_id}: fragments unanswered after {self._c.config.call_timeout_s} s")
             gather.answers = [a if a is not None else timeout for a in gather.answers]
         results, first_error = [], None
@@ -203,27 +204,6 @@ def _fragment_result(answer: Any) -> tuple[bool, Any]:
     if answer[0] in ("ok", "err"):
         return answer[0] == "ok", answer[1]
     return False, InvalidArguments(f"unexpected fragment answer {answer!r}")
-
-
-class _Gather:
-    """Answers to several steps sent at once (a ``run_many``): one wait for all of them."""
-
-    def __init__(self, n: int) -> None:
-        self.answers: list[Any] = [None] * n
-        self.left = n
-        self.lock = threading.Lock()
-        self.done = threading.Event()
-        if n == 0:
-            self.done.set()
-
-    def slot(self, k: int) -> Callable[[Any], None]:
-        def deliver(answer: Any) -> None:
-            self.answers[k] = answer
-            with self.lock:
-                self.left -= 1
-                if self.left == 0:
-                    self.done.set()
-        return deliver
 
 
 _in_lane = threading.local()
@@ -300,9 +280,9 @@ class _Link:
         (self.fast if fast else self.log).post(op, deliver)
 
     def ask(self, op: tuple, timeout_s: float) -> Any:
-        g = _Gather(1)
+        g = Gather(1)
         self.post(op, g.slot(0))
-        if not g.done.wait(timeout_s):
+        if not g.wait(timeout_s):
             return Timeout(f"{op[0]}: no answer within {timeout_s} s")
         return g.answers[0]
 
@@ -333,7 +313,7 @@ class Coordinator:
         self.recovery: dict[str, Any] = {"phases": []}
         self.counts = collections.Counter()
         self.timing = collections.Counter()  # seconds summed over txns: procedure (fragments), commit (2PC)
-        self._workers = concurrent.futures.ThreadPoolExecutor(max_workers=MP_THREADS, thread_name_prefix="mp-txn")
+        self._hub = Hub("mp-hub", MP_RUNS_AT_ONCE)
         self._links = [_Link(self, p) for p in range(self.config.partitions)]
         threading.Thread(target=self._recover, name="mp-recover", daemon=True).start()
         threading.Thread(target=self._tick_loop, name="mp-tick", daemon=True).start()
@@ -346,10 +326,10 @@ class Coordinator:
             err = CoordinatorUnavailable(f"coordinator still recovering after {self.config.call_timeout_s} s "
                                          f"(phases so far: {self.recovery['phases']})")
             return [err] * len(calls)
-        gather = _Gather(len(calls))
+        gather = Gather(len(calls))
         for k, (name, args, request_id) in enumerate(calls):
             self._start(name, tuple(args), request_id, attempt, gather.slot(k))
-        wait_s = self.config.call_timeout_s * (2 + len(calls) // MP_THREADS)
+        wait_s = self.config.call_timeout_s * (2 + len(calls) // MP_RUNS_AT_ONCE)
         if not gather.done.wait(wait_s):
             unknown = OutcomeUnknown(f"no outcome within {wait_s} s; retry with the same request ids")
             return [a if a is not None else unknown for a in gather.answers]
@@ -375,7 +355,7 @@ class Coordinator:
                     return
                 self._inflight[request_id] = [deliver]
             run.deliver = lambda outcome, rid=request_id: self._finish_request(rid, outcome)
-        self._workers.submit(self._attempt, run)
+        self._hub.spawn(self._attempt, run)
 
     def _finish_request(self, request_id: str, outcome: Any) -> None:
         with self._lock:
@@ -396,7 +376,7 @@ class Coordinator:
                     run.deliver(found[1])
                     return
             if run.restarts:  # exponential, randomized: a storm of restarts under contention wastes work
-                time.sleep(RESTART_BACKOFF_S * (2 ** min(run.restarts, RESTART_BACKOFF_DOUBLINGS_MAX)) * random.random())
+                self._hub.sleep(RESTART_BACKOFF_S * (2 ** min(run.restarts, RESTART_BACKOFF_DOUBLINGS_MAX)) * random.random())
             self._run_procedure(run)
         except _Unknown as unknown:
             run.deliver(OutcomeUnknown(f"request {run.request_id}: cannot tell whether its first try committed "
@@ -442,7 +422,7 @@ class Coordinator:
             run.restarts += 1
             self.counts["restarts"] += 1
             if run.restarts < MP_RESTARTS_MAX:
-                self._workers.submit(self._attempt, run)
+                self._hub.spawn(self._attempt, run)
                 return
             run.deliver(TxnAborted(f"{run.proc.name}: restarted {MP_RESTARTS_MAX} times (lock conflicts or "
                                    f"leader changes); last: {reply.result.message}", procedure=run.proc.name))
@@ -454,8 +434,15 @@ class Coordinator:
     # -- fragments ------------------------------------------------------------------------
 
     def _fragment_wait(self, p: int, step: tuple) -> Any:
+        """Run a fragment that waits at the partition for a younger txn's lock: the call blocks (up to
+        the partition's lock wait), so it runs on a thread of its own while the procedure waits."""
         self.counts["lock_waits"] += 1
-        return self._call_leader(p, "mp_fragment_wait", step)
+        g = Gather(1)
+        threading.Thread(target=lambda: g.slot(0)(self._call_leader(p, "mp_fragment_wait", step)),
+                         name="mp-lock-wait", daemon=True).start()
+        if not g.wait(self.config.call_timeout_s * 2):
+            return Timeout(f"txn {step[1]}: partition {p} did not answer a lock wait")
+        return g.answers[0]
 
     def _fragment_done(self, txn: int, p: int, ok: bool, wrote: bool) -> None:
         with self._lock:

@@ -100,12 +100,49 @@ class PendingTxn:
     records: list[RedoRecord] = field(default_factory=list)
 
 
-def marker(op: str, txn: int, payload: dict[str, Any] | None = None) -> RedoRecord:
-    return RedoRecord(txn, op, "", str(txn), {"outcome": json.dumps(payload or {}).encode()})
+#: A marker without a payload (COMMIT, ABORT).
+EMPTY_PAYLOAD = b"{}"
+#: Marker payloads kept encoded and decoded: they repeat (a few writer sets, two outcomes), and JSON
+#: costs more than the rest of a marker.  Each cache is cleared when full.
+PAYLOADS_KEPT_MAX = 1024
+_encoded: dict[tuple, bytes] = {}
+_decoded: dict[bytes, dict[str, Any]] = {}
+
+
+def marker(op: str, txn: int, payload: bytes = EMPTY_PAYLOAD) -> RedoRecord:
+    return RedoRecord(txn, op, "", str(txn), {"outcome": payload})
+
+
+def prepare_payload(participants: tuple[int, ...], holder: int) -> bytes:
+    """A PREPARE's payload: the writers and the holder, as JSON."""
+    return _encode(("prepare", participants, holder), {"participants": list(participants), "holder": holder})
+
+
+def decision_payload(outcome: str, participants: tuple[int, ...]) -> bytes:
+    """A DECISION's payload: the outcome and the writers, as JSON."""
+    return _encode(("decision", outcome, participants), {"outcome": outcome, "participants": list(participants)})
+
+
+def _encode(key: tuple, payload: dict[str, Any]) -> bytes:
+    data = _encoded.get(key)
+    if data is None:
+        if len(_encoded) >= PAYLOADS_KEPT_MAX:
+            _encoded.clear()
+        data = _encoded[key] = json.dumps(payload).encode()
+    return data
 
 
 def marker_payload(rec: RedoRecord) -> dict[str, Any]:
-    return json.loads(rec.row["outcome"]) if rec.row and rec.row.get("outcome") else {}
+    """A marker's payload (shared between equal payloads: read it, never change it)."""
+    data = rec.row.get("outcome") if rec.row else None
+    if not data:
+        return {}
+    body = _decoded.get(data)
+    if body is None:
+        if len(_decoded) >= PAYLOADS_KEPT_MAX:
+            _decoded.clear()
+        body = _decoded[data] = json.loads(data)
+    return body
 
 
 class Participant:
@@ -147,7 +184,7 @@ class Participant:
         if t.state == PREPARED:
             return True, [], ""
         t.state, t.participants, t.holder, t.touched_s = PREPARED, tuple(participants), holder, now_s
-        head = marker(PREPARE, txn, {"participants": list(participants), "holder": holder})
+        head = marker(PREPARE, txn, prepare_payload(t.participants, holder))
         return True, [head, *t.redo], ""
 
     def commit(self, txn: int) -> list[RedoRecord]:
@@ -194,7 +231,7 @@ class Participant:
         if recorded is not None:
             return recorded, []
         self._decided(txn, outcome)
-        records = [marker(DECISION, txn, {"outcome": outcome, "participants": list(participants)})]
+        records = [marker(DECISION, txn, decision_payload(outcome, tuple(participants)))]
         if outcome == OUTCOME_COMMIT:
             records += self.commit(txn)
             if request_id is not None and reply is not None:

@@ -1,0 +1,158 @@
+"""The hub: procedures as greenlets on one thread, their waits, timers and admission (no Ray)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from actors import hub as hub_mod
+from actors.hub import Gather, Hub
+
+WAIT_S = 10.0  # generous: these tests check behaviour, never speed
+
+
+def _run_all(hub: Hub, fns: list, timeout_s: float = WAIT_S) -> list:
+    """Spawn every fn on the hub; their results (or exceptions) once all have returned."""
+    out: list = [None] * len(fns)
+    done = threading.Semaphore(0)
+
+    def wrap(k: int, fn) -> None:
+        try:
+            out[k] = fn()
+        except BaseException as exc:  # noqa: B036 - the test wants to see it
+            out[k] = exc
+        finally:
+            done.release()
+
+    for k, fn in enumerate(fns):
+        hub.spawn(wrap, k, fn)
+    for _ in fns:
+        assert done.acquire(timeout=timeout_s), "a hub function never returned"
+    return out
+
+
+def test_waiting_procedures_share_one_thread_and_resume_with_their_answers():
+    hub = Hub("t-hub", runs_max=64)
+    gathers = [Gather(2) for _ in range(20)]
+    threads: set[int] = set()
+
+    def proc(g: Gather, k: int):
+        threads.add(threading.get_ident())
+        assert g.wait(WAIT_S)
+        return (k, g.answers)
+
+    def deliver_later():  # answers come from another thread, last gather first
+        time.sleep(0.05)
+        for k, g in reversed(list(enumerate(gathers))):
+            g.slot(1)(f"b{k}")
+            g.slot(0)(f"a{k}")
+
+    threading.Thread(target=deliver_later, daemon=True).start()
+    results = _run_all(hub, [lambda g=g, k=k: proc(g, k) for k, g in enumerate(gathers)])
+    assert results == [(k, [f"a{k}", f"b{k}"]) for k in range(20)]
+    assert len(threads) == 1 and threading.get_ident() not in threads
+
+
+def test_an_unanswered_wait_ends_at_its_timeout_and_a_late_answer_changes_nothing():
+    hub = Hub("t-hub", runs_max=4)
+    g = Gather(2)
+    g.slot(0)("first")
+    started = time.monotonic()
+    [done] = _run_all(hub, [lambda: g.wait(0.05)])
+    assert done is False and time.monotonic() - started >= 0.05
+    assert g.answers == ["first", None]
+    g.slot(1)("late")  # nobody waits any more: no second resumption, no error
+    assert _run_all(hub, [lambda: "still serving"]) == ["still serving"]
+
+
+def test_a_wait_already_answered_does_not_switch():
+    hub = Hub("t-hub", runs_max=4)
+    g = Gather(1)
+    g.slot(0)("x")
+    assert _run_all(hub, [lambda: (g.wait(0.0), g.answers)]) == [(True, ["x"])]
+    assert Gather(0).wait(0.0) is True
+
+
+def test_a_wait_outside_the_hub_is_a_plain_event_wait():
+    g = Gather(1)
+    threading.Timer(0.02, lambda: g.slot(0)("y")).start()
+    assert g.wait(WAIT_S) is True and g.answers == ["y"]
+    assert Gather(1).wait(0.01) is False
+    assert Hub.current() is None
+
+
+def test_admission_runs_at_most_runs_max_at_once_in_order():
+    hub = Hub("t-hub", runs_max=2)
+    gathers = [Gather(1) for _ in range(5)]
+    started: list[int] = []
+
+    def proc(k: int):
+        started.append(k)
+        assert gathers[k].wait(WAIT_S)
+        return k
+
+    def release():
+        for k in range(5):
+            deadline = time.monotonic() + WAIT_S
+            while k not in started and time.monotonic() < deadline:
+                time.sleep(0.005)
+            time.sleep(0.02)  # room for a third to start, were admission broken
+            assert len(started) <= k + 2, f"{started} started while only {k} ended"
+            gathers[k].slot(0)(k)
+
+    errors: list = []
+    t = threading.Thread(target=lambda: _safe(release, errors), daemon=True)
+    t.start()
+    assert _run_all(hub, [lambda k=k: proc(k) for k in range(5)]) == [0, 1, 2, 3, 4]
+    t.join(WAIT_S)
+    assert not errors and started == [0, 1, 2, 3, 4]
+
+
+def _safe(fn, errors: list) -> None:
+    try:
+        fn()
+    except BaseException as exc:  # noqa: B036
+        errors.append(exc)
+
+
+def test_sleep_lets_others_run():
+    hub = Hub("t-hub", runs_max=8)
+    order: list[str] = []
+
+    def sleeper():
+        hub.sleep(0.05)
+        order.append("sleeper")
+
+    def quick():
+        order.append("quick")
+
+    _run_all(hub, [sleeper, quick])
+    assert order == ["quick", "sleeper"]
+
+
+def test_an_error_in_a_procedure_reaches_its_caller_and_the_hub_goes_on():
+    hub = Hub("t-hub", runs_max=8)
+
+    def boom():
+        raise ValueError("bad fragment")
+
+    out = _run_all(hub, [boom, lambda: 7])
+    assert isinstance(out[0], ValueError) and out[1] == 7
+
+
+def test_cancelled_timers_do_not_pile_up(monkeypatch):
+    monkeypatch.setattr(hub_mod, "TIMERS_CANCELLED_MAX", 16)
+    hub = Hub("t-hub", runs_max=512)
+    gathers = [Gather(1) for _ in range(300)]
+
+    def proc(g: Gather):
+        return g.wait(3600.0)  # each wait sets an hour-long timer, cancelled when answered
+
+    def deliver():
+        time.sleep(0.05)
+        for g in gathers:
+            g.slot(0)("ok")
+
+    threading.Thread(target=deliver, daemon=True).start()
+    assert _run_all(hub, [lambda g=g: proc(g) for g in gathers]) == [True] * 300
+    assert len(hub._timers) <= 2 * 16 + 2
