@@ -217,8 +217,13 @@ class Watcher:
         on_answer()
 
     def _suspect(self, targets: dict[str, Target], now: float) -> None:
-        silent = [t for n, t in targets.items() if n not in self._reported and self.detectors[n].suspect(now)
-                  and (self._confirm is None or self._confirm(t, self.detectors[n].silence_s(now)))]
+        silent = []
+        for name, t in targets.items():
+            det = self.detectors.get(name)  # None: ``rearm`` just dropped it; the next step watches it afresh
+            if name in self._reported or det is None or not det.suspect(now):
+                continue
+            if self._confirm is None or self._confirm(t, det.silence_s(now)):
+                silent.append(t)
         by_node: dict[str | None, list[Target]] = {}
         for t in silent:
             by_node.setdefault(t.node_id, []).append(t)

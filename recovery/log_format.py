@@ -35,6 +35,9 @@ import zlib
 from typing import Any, Iterable
 
 import pyarrow as pa
+# ``Array.take`` (decode) needs pyarrow.compute, which pyarrow imports on first use: import it with this
+# module, so a replica's first shipped batch does not hold its process (and its heartbeat) for the import.
+import pyarrow.compute  # noqa: F401
 
 from actors.errors import InvalidConfig
 from actors.schema import Schema, Table

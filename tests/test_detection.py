@@ -263,3 +263,21 @@ def test_a_whole_node_went_quiet_only_if_none_of_its_actors_answered_since():
     assert not node_went_quiet([10.0], [10.0, 10.4], margin)             # the neighbour answers on: one hang
     assert not node_went_quiet([10.0], [10.0], margin)                   # alone on its node: cannot tell
     assert node_went_quiet([10.0], [10.0, None], margin)                 # a neighbour that never answered
+
+
+def test_a_watch_step_after_rearm_skips_the_dropped_detector_instead_of_failing():
+    """``rearm`` (a held actor answered again) drops the actor's detector in the middle of a watch step;
+    the step's suspicion pass must skip it (it is watched afresh next step), not raise KeyError."""
+    from actors.watch import Target, Watcher, WatchSettings
+
+    now = [100.0]
+    events: list = []
+    watcher = Watcher(WatchSettings(TIMEOUT, 0.1, 0.25, 2.0, 8.0), targets=dict, on_fault=events.append,
+                      clock=lambda: now[0])
+    targets = {name: Target(name, handle=None, role="leader", node_id=f"node-{name}") for name in ("a", "b")}
+    for name in targets:
+        watcher.detectors[name] = HeartbeatDetector(TIMEOUT, 0.1, 0.25, 2.0, 8.0, start_s=now[0])
+    watcher.rearm("a", now[0])
+    now[0] += 5.0  # both silent long past any timeout
+    watcher._suspect(targets, now[0])
+    assert [e.names for e in events] == [["b"]]
