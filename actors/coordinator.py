@@ -81,6 +81,8 @@ READ_ONLY_HEAD_START_US = 200_000
 #: Times a txn restarts after wait-die or a leader change before it fails with TxnAborted.
 MP_RESTARTS_MAX = 30
 RESTART_BACKOFF_S = 0.002
+#: Longest wait of a restart for the txns whose locks it met to end (``_back_off``).
+RESTART_WAIT_MAX_S = 0.5
 RESTART_BACKOFF_DOUBLINGS_MAX = 6
 #: Times an abort or a decision step is re-sent after a routing refresh when it failed.
 STEP_RESENDS_MAX = 3
@@ -118,6 +120,7 @@ class _Run:
         self.priority: int | None = None
         self.restarts = 0
         self.again = False
+        self.met: tuple[int, ...] = ()  # txns whose locks made the last try restart
         self.ended_s = 0.0
 
 
@@ -301,6 +304,7 @@ class Coordinator:
         self.core = CoordinatorCore()
         self._lock = threading.RLock()
         self._runs: dict[int, _Run] = {}  # txn -> the run waiting for its Reply
+        self._end_waiters: dict[int, list[Callable[[Any], None]]] = {}  # txn -> restarts waiting for its end
         self._early_votes: dict[int, set[int]] = {}  # txn -> partitions that prepared with their last fragment
         self._inflight: dict[str, list[Callable[[Any], None]]] = {}  # request id -> who waits for its outcome
         self._last_us = 0
@@ -364,10 +368,10 @@ class Coordinator:
             deliver(outcome)
 
     def _attempt(self, run: "_Run") -> None:
-        """One try of a txn on a worker thread: run the procedure, hand its end to the core, return.
+        """One try of a txn in a hub greenlet: run the procedure, hand its end to the core, return.
 
-        The worker is free again while phase 1 and 2 run; the core's Reply completes the txn
-        (``_on_reply``) or starts the next try.
+        Phases 1 and 2 go on after it returns; the core's Reply completes the txn (``_on_reply``)
+        or starts the next try.
         """
         try:
             if run.attempt > 0 and run.request_id is not None and run.restarts == 0:
@@ -375,8 +379,8 @@ class Coordinator:
                 if found is not None:
                     run.deliver(found[1])
                     return
-            if run.restarts:  # exponential, randomized: a storm of restarts under contention wastes work
-                self._hub.sleep(RESTART_BACKOFF_S * (2 ** min(run.restarts, RESTART_BACKOFF_DOUBLINGS_MAX)) * random.random())
+            if run.restarts:
+                self._back_off(run)
             self._run_procedure(run)
         except _Unknown as unknown:
             run.deliver(OutcomeUnknown(f"request {run.request_id}: cannot tell whether its first try committed "
@@ -385,6 +389,24 @@ class Coordinator:
         except BaseException as exc:  # never leave the caller waiting
             log.exception("txn of %s failed in the coordinator", run.proc.name)
             run.deliver(OutcomeUnknown(f"{run.proc.name}: coordinator error {exc!r}"))
+
+    def _back_off(self, run: "_Run") -> None:
+        """Before a restart: wait until the txns of ours whose locks it met have ended (bounded), so it
+        does not die again on the same locks -- a consistent scan holds a whole table until it ends --
+        then a short random pause; if none of them is ours, an exponential, randomized pause."""
+        gather = None
+        with self._lock:
+            live = [txn for txn in run.met if txn in self._runs]
+            if live:
+                gather = Gather(len(live))
+                for k, txn in enumerate(live):
+                    self._end_waiters.setdefault(txn, []).append(gather.slot(k))
+        if gather is not None:
+            self.counts["restart_waits"] += 1
+            gather.wait(RESTART_WAIT_MAX_S)
+            self._hub.sleep(RESTART_BACKOFF_S * random.random())
+            return
+        self._hub.sleep(RESTART_BACKOFF_S * (2 ** min(run.restarts, RESTART_BACKOFF_DOUBLINGS_MAX)) * random.random())
 
     def _run_procedure(self, run: "_Run") -> None:
         txn = self._next_txn()
@@ -413,7 +435,11 @@ class Coordinator:
 
     def _on_reply(self, reply: Reply) -> None:
         self._early_votes.pop(reply.txn, None)
-        run = self._runs.pop(reply.txn, None)
+        with self._lock:
+            run = self._runs.pop(reply.txn, None)
+            waiters = self._end_waiters.pop(reply.txn, ())
+        for ended in waiters:  # restarts that wait for this txn to end (``_back_off``)
+            ended(reply.txn)
         if run is None:
             return  # a txn a previous incarnation began (recovered): nobody waits for it here
         self.timing["commit_s"] += time.perf_counter() - run.ended_s
@@ -421,6 +447,8 @@ class Coordinator:
         if run.again:
             run.restarts += 1
             self.counts["restarts"] += 1
+            holders = reply.result.details.get("holders") if isinstance(reply.result, LockConflict) else None
+            run.met = tuple(holders or ())
             if run.restarts < MP_RESTARTS_MAX:
                 self._hub.spawn(self._attempt, run)
                 return

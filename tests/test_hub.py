@@ -156,3 +156,61 @@ def test_cancelled_timers_do_not_pile_up(monkeypatch):
     threading.Thread(target=deliver, daemon=True).start()
     assert _run_all(hub, [lambda g=g: proc(g) for g in gathers]) == [True] * 300
     assert len(hub._timers) <= 2 * 16 + 2
+
+
+def _bare_coordinator(hub: Hub):
+    """The parts of a Coordinator that restart back-off uses, without Ray (no __init__)."""
+    import collections
+
+    from actors.coordinator import Coordinator
+
+    c = Coordinator.__new__(Coordinator)
+    c._lock = threading.RLock()
+    c._runs, c._end_waiters, c._early_votes = {}, {}, {}
+    c._hub = hub
+    c.counts, c.timing = collections.Counter(), collections.Counter()
+    return c
+
+
+class _FakeRun:
+    def __init__(self, met=()):
+        self.met, self.again, self.restarts, self.ended_s = tuple(met), False, 1, 0.0
+        self.delivered: list = []
+
+    def deliver(self, outcome) -> None:
+        self.delivered.append(outcome)
+
+
+def test_a_restart_waits_until_the_txn_whose_lock_it_met_has_ended():
+    from actors.coordinator_core import Reply
+
+    hub = Hub("t-hub", runs_max=8)
+    c = _bare_coordinator(hub)
+    scan = _FakeRun()
+    c._runs[7] = scan
+    events: list[str] = []
+
+    def restart():
+        c._back_off(_FakeRun(met=(7, 99)))  # 99: not ours (already ended): nothing to wait for
+        events.append("restarted")
+
+    def end_scan():
+        deadline = time.monotonic() + WAIT_S
+        while not c._end_waiters.get(7) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.05)  # the restart must still be waiting
+        events.append("scan ended")
+        c._on_reply(Reply(7, True, "total"))
+
+    threading.Thread(target=end_scan, daemon=True).start()
+    _run_all(hub, [restart])
+    assert events == ["scan ended", "restarted"]
+    assert scan.delivered == ["total"] and c.counts["restart_waits"] == 1 and not c._end_waiters
+
+
+def test_a_restart_that_met_no_txn_of_ours_only_pauses():
+    hub = Hub("t-hub", runs_max=8)
+    c = _bare_coordinator(hub)
+    started = time.monotonic()
+    _run_all(hub, [lambda: c._back_off(_FakeRun(met=(5,)))])
+    assert time.monotonic() - started < WAIT_S and c.counts["restart_waits"] == 0 and not c._end_waiters
