@@ -22,8 +22,12 @@ decides, this actor moves messages.  Its parts:
   the batch grows with the load at ~1-2 ms per actor call.
 * Wait-die: a fragment that meets an older txn's lock restarts its txn (same
   priority, so it ages); one that meets a younger txn's lock waits at the
-  partition (``mp_fragment_wait``).  A leader change (dead, fenced, not
-  leader) also restarts the txn: its RUNNING state was not logged.
+  partition (``mp_fragment_wait``, on a thread of its own: the hub never
+  blocks).  A restart first waits (bounded) until the txns of ours whose
+  locks it met have replied -- a consistent scan holds a whole table until it
+  ends, and dying on it again and again only burns rounds -- else it backs
+  off exponentially.  A leader change (dead, fenced, not leader) also
+  restarts the txn: its RUNNING state was not logged.
 * Recovery at start, in logged phases: ``routing`` -> ``ask-leaders`` (every
   leader aborts RUNNING txns of older incarnations and lists its PREPARED
   ones) -> ``ask-holders`` (the recorded outcome of each) -> ``resolve``
