@@ -470,8 +470,15 @@ class Coordinator:
         the partition's lock wait), so it runs on a thread of its own while the procedure waits."""
         self.counts["lock_waits"] += 1
         g = Gather(1)
-        threading.Thread(target=lambda: g.slot(0)(self._call_leader(p, "mp_fragment_wait", step)),
-                         name="mp-lock-wait", daemon=True).start()
+
+        def wait_there() -> None:
+            try:
+                answer = self._call_leader(p, "mp_fragment_wait", step)
+            except Exception as exc:  # never leave the procedure waiting for the timeout
+                answer = OutcomeUnknown(f"txn {step[1]}: lock wait at partition {p} failed: {exc!r}")
+            g.slot(0)(answer)
+
+        threading.Thread(target=wait_there, name="mp-lock-wait", daemon=True).start()
         if not g.wait(self.config.call_timeout_s * 2):
             return Timeout(f"txn {step[1]}: partition {p} did not answer a lock wait")
         return g.answers[0]

@@ -214,3 +214,32 @@ def test_a_restart_that_met_no_txn_of_ours_only_pauses():
     started = time.monotonic()
     _run_all(hub, [lambda: c._back_off(_FakeRun(met=(5,)))])
     assert time.monotonic() - started < WAIT_S and c.counts["restart_waits"] == 0 and not c._end_waiters
+
+
+def test_a_lock_wait_runs_off_the_hub_and_a_failure_comes_back_at_once():
+    import types
+
+    from actors.errors import OutcomeUnknown
+
+    hub = Hub("t-hub", runs_max=8)
+    c = _bare_coordinator(hub)
+    c.config = types.SimpleNamespace(call_timeout_s=WAIT_S)
+    seen_on: list[int] = []
+
+    def failing_call(p, method, step):
+        seen_on.append(threading.get_ident())
+        raise RuntimeError("ray went away")
+
+    c._call_leader = failing_call
+    ticks: list[int] = []
+
+    def ticker():  # the hub keeps serving while the lock wait runs elsewhere
+        for _ in range(3):
+            hub.sleep(0.01)
+            ticks.append(threading.get_ident())
+
+    started = time.monotonic()
+    answer, _ = _run_all(hub, [lambda: c._fragment_wait(1, ("fragment", 42)), ticker])
+    assert isinstance(answer, OutcomeUnknown) and "ray went away" in answer.message
+    assert time.monotonic() - started < WAIT_S and len(ticks) == 3
+    assert seen_on and seen_on[0] not in ticks and c.counts["lock_waits"] == 1  # not on the hub thread
