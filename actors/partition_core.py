@@ -35,7 +35,7 @@ from actors.locks import Conflict
 from actors.participant import TXN_STATE_ID, OpenTxn, Participant, is_mp_txn
 from actors.routing import partition_of
 from actors.schema import Schema, Table
-from recovery.redo import DELETE, INSERT, REQUEST, ROW_OPS, UPDATE, RedoRecord
+from recovery.redo import DELETE, INSERT, REQUEST, ROW_OPS, UPDATE, RedoRecord, apply_record
 
 #: Default upper bound on transactions in one batch (one actor call).
 BATCH_TXNS_MAX = 10_000
@@ -437,14 +437,8 @@ class PartitionCore:
         mask = (1 << TXN_SEQ_BITS) - 1
         tables = self.tables
         for rec in records:
-            op = rec.op
-            if op in ROW_OPS and not is_mp_txn(rec.txn_id):  # an SP txn's row: the common case
-                # Stored as decoded, without apply_record's copy: the record's row is its own (decode
-                # builds it), and stored rows are never changed in place.
-                if op == DELETE:
-                    tables[rec.table].pop(rec.key, None)
-                else:
-                    tables[rec.table][rec.key] = rec.row
+            if rec.op in ROW_OPS and not is_mp_txn(rec.txn_id):  # an SP txn's row: the common case
+                apply_record(tables, rec)
                 self.txn_seq = max(self.txn_seq, rec.txn_id & mask)  # a promoted follower numbers on from here
             elif rec.op == REQUEST:
                 self.remember(rec.key, rec.row["outcome"])

@@ -47,12 +47,16 @@ class RedoRecord(NamedTuple):
 
 
 def apply_record(tables: MutableMapping[str, dict[Any, dict[str, Any]]], rec: RedoRecord) -> None:
-    """Apply one record to ``tables`` (table name -> key -> row)."""
+    """Apply one record to ``tables`` (table name -> key -> row).
+
+    The record's row is stored as it is, not copied: it must be the caller's own (records decoded
+    from a log batch are), and stored rows are never changed in place.
+    """
     if rec.op in CONTROL_OPS:
         return  # not table data: the partition core handles it (PartitionCore.apply_redo)
     if rec.op == DELETE:
         tables[rec.table].pop(rec.key, None)
     elif rec.op in (INSERT, UPDATE):
-        tables[rec.table][rec.key] = dict(rec.row or {})
+        tables[rec.table][rec.key] = rec.row if rec.row is not None else {}
     else:
         raise ValueError(f"unknown redo op {rec.op!r} in transaction {rec.txn_id}")
