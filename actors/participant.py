@@ -115,20 +115,22 @@ def marker(op: str, txn: int, payload: bytes = EMPTY_PAYLOAD) -> RedoRecord:
 
 def prepare_payload(participants: tuple[int, ...], holder: int) -> bytes:
     """A PREPARE's payload: the writers and the holder, as JSON."""
-    return _encode(("prepare", participants, holder), {"participants": list(participants), "holder": holder})
+    key = (PREPARE, participants, holder)
+    data = _encoded.get(key)
+    return data if data is not None else _keep(key, {"participants": list(participants), "holder": holder})
 
 
 def decision_payload(outcome: str, participants: tuple[int, ...]) -> bytes:
     """A DECISION's payload: the outcome and the writers, as JSON."""
-    return _encode(("decision", outcome, participants), {"outcome": outcome, "participants": list(participants)})
-
-
-def _encode(key: tuple, payload: dict[str, Any]) -> bytes:
+    key = (DECISION, outcome, participants)
     data = _encoded.get(key)
-    if data is None:
-        if len(_encoded) >= PAYLOADS_KEPT_MAX:
-            _encoded.clear()
-        data = _encoded[key] = json.dumps(payload).encode()
+    return data if data is not None else _keep(key, {"outcome": outcome, "participants": list(participants)})
+
+
+def _keep(key: tuple, payload: dict[str, Any]) -> bytes:
+    if len(_encoded) >= PAYLOADS_KEPT_MAX:
+        _encoded.clear()
+    data = _encoded[key] = json.dumps(payload).encode()
     return data
 
 
