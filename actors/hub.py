@@ -62,9 +62,9 @@ class Gather:
             self.answers[k] = answer
             with self.lock:
                 self.left -= 1
-                if self.left == 0:
-                    self.done.set()
-            if self.left == 0:
+                last = self.left == 0
+            if last:
+                self.done.set()
                 self._resume(True)
         return deliver
 
