@@ -198,6 +198,7 @@ class Cluster:
         self._supervisor = supervisor
         self._leaders: list[Any] = []
         self._map_version = 0
+        self._refreshed_at = 0.0  # monotonic time of the last routing adopted
         self._client_id = uuid.uuid4().hex
         self._seq = [0] * config.partitions
         self._submit_lock = threading.Lock()
@@ -205,8 +206,18 @@ class Cluster:
         self._mp_handle: Any = None
         self._refresh_routing()
 
+    def _recheck_unavailable(self) -> None:
+        """Ask the routing again when it names no leader for some partition (at most every
+        ``UNAVAILABLE_RECHECK_S``): it may have been read during an election, and the partition serves again."""
+        if None in self._leaders and time.monotonic() - self._refreshed_at >= UNAVAILABLE_RECHECK_S:
+            try:  # no waiting for a supervisor being restarted: the call fails fast as before
+                self._set_routing(runtime.call(self._supervisor, "routing", timeout_s=self.config.control_timeout_s))
+            except OhmError:
+                pass
+
     def _submit(self, partition: int, method: str, *args: Any) -> Any:
         """Send a call to a partition leader, numbered so the replica runs our calls in order."""
+        self._recheck_unavailable()
         with self._submit_lock:
             leader = self._leaders[partition]
             if leader is None:
@@ -220,6 +231,7 @@ class Cluster:
     def _set_routing(self, routing: dict[str, Any]) -> None:
         """Adopt a routing; calls to a partition's new leader are numbered from 0 again."""
         with self._submit_lock:
+            self._refreshed_at = time.monotonic()
             old = [runtime.actor_id(h) for h in self._leaders]
             self._leaders, self._map_version = routing["leaders"], routing["version"]
             for p, handle in enumerate(self._leaders):
@@ -353,6 +365,7 @@ class Cluster:
             # A caller's own request id may be a retry: the coordinator looks for its recorded outcome first.
             first_attempt = 1 if request_id is not None else 0
             return _MPFuture(self, calls, self._submit_mp(calls, first_attempt), timeout)
+        self._recheck_unavailable()
         by_partition: dict[int, list[int]] = {}
         errors: dict[int, OhmError] = {}
         for i, args in enumerate(batch):
@@ -518,6 +531,8 @@ SUPERVISOR_RESTARTS_MAX = -1
 #: How long a call to a dead supervisor is retried while Ray restarts it.
 SUPERVISOR_RESTART_WAIT_S = 60.0
 SUPERVISOR_RETRY_S = 0.2
+#: A routing naming no leader for a partition is asked again after this long (not on every call).
+UNAVAILABLE_RECHECK_S = 0.1
 
 
 def _open_data_dir(data_dir: str, config: ClusterConfig, schema: Schema) -> bool:

@@ -92,6 +92,8 @@ RESTART_BACKOFF_DOUBLINGS_MAX = 6
 STEP_RESENDS_MAX = 3
 #: Interval of the core's clock tick (timeouts, re-sends).
 TICK_S = 0.05
+# A cached routing naming no leader for a partition is asked again after this long (not on every call).
+UNAVAILABLE_RECHECK_S = 0.1
 #: Recovery: rounds of asking every leader, and the pause between rounds.
 RECOVERY_ROUNDS_MAX = 60
 RECOVERY_RETRY_S = 0.5
@@ -316,6 +318,7 @@ class Coordinator:
         self._routing_lock = threading.Lock()
         self._leaders: list[Any] = []
         self._version = 0
+        self._refreshed_at = 0.0  # monotonic time of the last routing answer
         self._crash_at: str | None = None
         self.ready = threading.Event()
         self.recovery: dict[str, Any] = {"phases": []}
@@ -594,9 +597,13 @@ class Coordinator:
         return answer
 
     def _leader(self, p: int) -> Any:
-        if not self._leaders:
+        """Partition ``p``'s leader handle; a routing naming none is asked again (at most every
+        ``UNAVAILABLE_RECHECK_S``): it may have been read during an election, and the partition serves again."""
+        leaders = self._leaders
+        if not leaders or (leaders[p] is None and time.monotonic() - self._refreshed_at >= UNAVAILABLE_RECHECK_S):
             self._refresh_routing()
-        return self._leaders[p] if self._leaders else None
+            leaders = self._leaders
+        return leaders[p] if leaders else None
 
     def _refresh_routing(self, leader_failed: int | None = None) -> None:
         supervisor = runtime.find(supervisor_name(self.config.name))
@@ -612,6 +619,7 @@ class Coordinator:
             log.warning("routing refresh failed: %s", err)
             return
         with self._routing_lock:
+            self._refreshed_at = time.monotonic()
             if routing["version"] >= self._version:
                 self._leaders, self._version = list(routing["leaders"]), routing["version"]
 

@@ -124,6 +124,7 @@ class PartitionReplica:
         self._mp_timer: threading.Thread | None = None
         self.mp_timing = {"calls": 0, "run_s": 0.0, "durable_s": 0.0}
         self._drop_decisions = False  # test hook (inject_fault): decisions are lost on the way here
+        self._fail_fence = False  # test hook (inject_fault): a fence fails as one that never answers
         self.config = config
         self.core = PartitionCore(schema, partition, partitions, config["batch_txns_max"])
         self.codec = LogCodec(schema)
@@ -426,6 +427,8 @@ class PartitionReplica:
     @_locked
     def fence(self, epoch: int) -> dict[str, Any]:
         """Join configuration ``epoch`` as a leaderless follower: batches from older epochs are refused."""
+        if self._fail_fence:
+            raise Timeout("fence: no answer (injected)", timeout_s=0)
         if epoch > self.epoch:
             self.epoch = epoch
             if self.role == LEADER:
@@ -856,9 +859,13 @@ class PartitionReplica:
     @_locked
     def inject_fault(self, kind: str) -> bool:
         """Test hook: make the next fsync fail (``kind='fsync'``), as a full disk would; or lose every
-        2PC decision sent here (``kind='drop-decisions'``), so prepared txns stay in doubt."""
+        2PC decision sent here (``kind='drop-decisions'``), so prepared txns stay in doubt; or fail every
+        fence (``kind='fail-fence'``), as a replica that never answers it."""
         if kind == "drop-decisions":
             self._drop_decisions = True
+            return True
+        if kind == "fail-fence":
+            self._fail_fence = True
             return True
         if kind != "fsync" or self.log.writer is None:
             return False

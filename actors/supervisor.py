@@ -50,7 +50,7 @@ from typing import Any
 
 from actors import runtime
 from actors.config import ClusterConfig
-from actors.errors import ActorDied, OhmError
+from actors.errors import ActorDied, OhmError, Timeout
 from actors.partition_actor import REPLICA_THREADS, PartitionReplica
 from actors.schema import Schema
 from actors.watch import FaultEvent, Target, WatchSettings, Watcher
@@ -83,6 +83,8 @@ MEMBERSHIP_SETTLE_S = 5.0
 PROBE_RESPAWN_S = 10.0
 #: How long the supervisor asks a node's probe about a process before it counts as unknown.
 PROCESS_STATE_TIMEOUT_S = 0.2
+#: What ``_process_state`` says when the probe did not answer within that time.
+PROBE_SLOW = "probe-slow"
 #: Where ``inject_crash`` can stop a recovery.
 CRASH_PHASES = ("fenced", "promoted", "respawned")
 #: A watchdog note older than this does not explain a restart.
@@ -323,7 +325,8 @@ class Supervisor:
         return report
 
     def _process_state(self, node_id: str | None, pid: int | None) -> str | None:
-        """running / stopped / gone from the actor's node (directly here, else through its probe), or None."""
+        """running / stopped / gone from the actor's node (directly here, else through its probe); ``PROBE_SLOW``
+        when the probe did not answer in time (a loaded machine), None when it cannot be asked."""
         if node_id is None or pid is None:
             return None
         if node_id == self.identity["node_id"]:
@@ -333,14 +336,18 @@ class Supervisor:
             return None
         try:
             return runtime.call(probe[1], "process_state", pid, control=True, timeout_s=PROCESS_STATE_TIMEOUT_S)
+        except Timeout:
+            return PROBE_SLOW
         except OhmError:
             return None
 
     def _confirm_silence(self, target: Target, silence_s: float) -> bool:
-        """A silent actor whose process is running (busy, not stopped) gets until the timeout ceiling."""
+        """A silent actor whose process is running (busy, not stopped) gets until the timeout ceiling; so does
+        one whose node's probe is too slow to say (the machine is loaded, which explains the silence as well;
+        a node that is gone is found through its probe's own silence)."""
         if target.role == "probe" or silence_s >= self.config.heartbeat_timeout_max_ms / 1000:
             return True
-        return self._process_state(target.node_id, target.pid) != "running"
+        return self._process_state(target.node_id, target.pid) not in ("running", PROBE_SLOW)
 
     def _localize(self, event: FaultEvent, reps: list[ReplicaInfo]) -> str:
         """Refine a silence with what the process table says (on this node): stopped, running, or gone."""
@@ -377,11 +384,15 @@ class Supervisor:
             report.act(time.time(), "kill", replica=rep.actor_name, pid=rep.pid)
 
     def _leader_lost(self, partition: int, lost: list[ReplicaInfo], report: FaultReport) -> None:
+        """Replace a lost leader: fence the others first, then kill the lost ones for good, then promote.
+
+        A leader that is only silent or lost its log (not gone) is killed only once another replica
+        answered the fence: if none can take over (say the others sit on a node being lost at the same
+        time), the failing leader is kept, since killing it could only lose data.
+        """
         old_lsn = self._last_written(lost)
-        for rep in lost:
-            self._kill(rep, report)
-            rep.role = FOLLOWER
-        new = self._elect(partition, report)
+        gone = report.kind not in (HANG, LOG_WRITE_FAILURE)
+        new = self._elect(partition, report, replacing=lost, kill_if_alone=gone)
         if new is not None and old_lsn is not None:
             report.impact["records_not_replicated"] = max(0, old_lsn - new[1])
 
@@ -390,17 +401,22 @@ class Supervisor:
         lsns = [a["written_lsn"] for a in replies if a]
         return max(lsns) if lsns else None
 
-    def _elect(self, partition: int, report: FaultReport | None) -> tuple[ReplicaInfo, int] | None:
+    def _elect(self, partition: int, report: FaultReport | None, replacing: list[ReplicaInfo] = (),
+               kill_if_alone: bool = True) -> tuple[ReplicaInfo, int] | None:
         """Fence every live replica into a new epoch, promote the most advanced one, publish.
 
-        Phases (each logged): fence (epoch + 1 on every live replica, which
-        stops them accepting an old leader), choose (highest LSN held),
-        promote (the new leader first sends the others what they miss), publish.
+        Phases (each logged): fence (epoch + 1 on every live replica but the
+        ``replacing`` ones, which stops them accepting an old leader), kill the
+        ``replacing`` ones (unless no other replica answered and not
+        ``kill_if_alone``: then they are kept and nothing is promoted), choose
+        (highest LSN held), promote (the new leader first sends the others what
+        they miss), publish.
         """
         m = self._map()
         epoch = max(r.epoch for r in m.of_partition(partition)) + 1
         log.warning("phase=fence partition=%d epoch=%d", partition, epoch)
-        candidates = [r for r in m.of_partition(partition) if r.state == SERVING]
+        names = {r.actor_name for r in replacing}
+        candidates = [r for r in m.of_partition(partition) if r.state == SERVING and r.actor_name not in names]
         refs = [runtime.submit(self.handles[r.actor_name], "fence", epoch) for r in candidates]
         held: dict[int, int] = {}
         for rep, answer in zip(candidates, runtime.get_each(refs, self.config.control_timeout_s, what="fence")):
@@ -410,6 +426,13 @@ class Supervisor:
             rep.epoch, rep.role = max(epoch, answer["epoch"]), FOLLOWER
             held[rep.replica] = answer["written_lsn"]
         _act(report, "fence", epoch=epoch, replicas=sorted(r.actor_name for r in candidates if r.replica in held))
+        if replacing and not held and not kill_if_alone and report is not None:
+            log.error("phase=keep partition=%d: no other replica answered the fence", partition)
+            self._keep(list(replacing), report, report.kind)
+            return None
+        for rep in replacing:
+            self._kill(rep, report)
+            rep.role = FOLLOWER
         self._checkpoint("fenced")
         chosen = choose_leader(held)
         if chosen is None:

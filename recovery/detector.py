@@ -71,10 +71,11 @@ class HeartbeatDetector:
         return now_s - (self.last_s if self.last_s is not None else self.start_s)
 
     def _fit(self) -> tuple[float, float]:
-        if not self.gaps:
+        gaps = tuple(self.gaps)  # one copy (atomic): a status call reads while the watch thread appends
+        if not gaps:
             return self.interval_s, STD_MIN_S
-        mean = sum(self.gaps) / len(self.gaps)
-        var = sum((g - mean) ** 2 for g in self.gaps) / len(self.gaps)
+        mean = sum(gaps) / len(gaps)
+        var = sum((g - mean) ** 2 for g in gaps) / len(gaps)
         return mean, max(math.sqrt(var), STD_MIN_S)
 
     def timeout_s(self) -> float:

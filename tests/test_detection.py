@@ -65,6 +65,34 @@ def test_an_actor_that_never_answers_is_suspected_from_when_watching_began():
     assert det.suspect(100.3)
 
 
+def test_a_status_reading_the_detector_while_heartbeats_arrive_never_fails():
+    """The supervisor's status thread reads timeouts while the watch thread appends heartbeats."""
+    import threading
+    import time
+
+    det = HeartbeatDetector(PHI, 0.1, 0.25, 2.0)
+    stop = threading.Event()
+
+    def beat() -> None:
+        now = 0.0
+        while not stop.is_set():
+            now += 0.1
+            det.heartbeat(now)
+
+    writer = threading.Thread(target=beat, daemon=True)
+    writer.start()
+    reads, deadline = 0, time.monotonic() + 1.0
+    try:
+        while time.monotonic() < deadline:  # the old generator over the live deque failed ~1 read in 500
+            det.timeout_s()
+            det.phi(0.0)
+            reads += 1
+    finally:
+        stop.set()
+        writer.join()
+    assert reads > 1000 and len(det.gaps) == 100
+
+
 def test_bad_detector_settings_are_refused():
     with pytest.raises(ValueError, match="mode"):
         HeartbeatDetector("gut-feeling", 0.1, 0.25, 2.0)

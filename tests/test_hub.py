@@ -243,3 +243,23 @@ def test_a_lock_wait_runs_off_the_hub_and_a_failure_comes_back_at_once():
     assert isinstance(answer, OutcomeUnknown) and "ray went away" in answer.message
     assert time.monotonic() - started < WAIT_S and len(ticks) == 3
     assert seen_on and seen_on[0] not in ticks and c.counts["lock_waits"] == 1  # not on the hub thread
+
+
+def test_a_routing_naming_no_leader_is_asked_again_but_not_on_every_call():
+    """A routing read during an election may name no leader; the partition serves again once promoted."""
+    from actors import coordinator
+
+    c = _bare_coordinator(Hub("t-hub", runs_max=8))
+    c._leaders, c._refreshed_at = [None, "leader-1"], 0.0
+    asked: list[int] = []
+
+    def refresh(leader_failed=None):
+        asked.append(1)
+        c._leaders, c._refreshed_at = [None if len(asked) == 1 else "leader-0b", "leader-1"], time.monotonic()
+
+    c._refresh_routing = refresh
+    assert c._leader(0) is None and len(asked) == 1  # still electing
+    assert c._leader(0) is None and len(asked) == 1  # asked again only after UNAVAILABLE_RECHECK_S
+    assert c._leader(1) == "leader-1" and len(asked) == 1
+    time.sleep(coordinator.UNAVAILABLE_RECHECK_S)
+    assert c._leader(0) == "leader-0b" and len(asked) == 2

@@ -259,3 +259,28 @@ def test_a_paused_last_replica_is_kept_and_its_report_closes_when_it_answers_aga
         assert [a["action"] for a in report["actions"]][-1] == "answered-again"
         assert db.call("deposit", 1, 5) == 5   # the same process serves again: nothing was lost
         assert _replica(db, "leader", 0)["pid"] == only["pid"]
+
+
+def test_a_paused_leader_is_kept_when_no_other_replica_answers_the_fence(ray_address, tmp_path):
+    """The follower cannot take over (its fence fails, as on a node being lost at the same time):
+    killing the silent leader could only lose data, so it is kept and serves again once it answers."""
+    with ledger("test-sup-keep", tmp_path, partitions=1, k=1, accounts=5) as db:
+        assert db.call_many("credit", [(i, i, 10) for i in range(5)]) == [10] * 5
+        leader, follower = _replica(db, "leader", 0), _replica(db, "follower", 0)
+        assert runtime.call(runtime.find(follower["actor_name"]), "inject_fault", "fail-fence")
+        os.kill(leader["pid"], signal.SIGSTOP)
+        try:
+            wait_until(lambda: [f["state"] for f in db.faults()] == ["unrecovered"], timeout_s=30,
+                       what="the hang reported")
+            [report] = db.faults()
+            actions = [a["action"] for a in report["actions"]]
+            assert report["kind"] == "hang" and actions[-1] == "kept", actions
+            assert {"action": "kill", "replica": follower["actor_name"]}.items() <= \
+                next(a for a in report["actions"] if a["action"] == "kill").items()
+        finally:
+            os.kill(leader["pid"], signal.SIGCONT)
+        [report] = _recovered(db, 1)
+        assert [a["action"] for a in report["actions"]][-1] == "answered-again"
+        assert db.call_many("deposit", [(i, 0) for i in range(5)]) == [10] * 5  # nothing was lost
+        assert _replica(db, "leader", 0)["pid"] == leader["pid"]
+        wait_until(lambda: redundant(db, 2), what="a new follower built from the kept leader")
