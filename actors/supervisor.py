@@ -345,7 +345,10 @@ class Supervisor:
         """A silent actor whose process is running (busy, not stopped) gets until the timeout ceiling; so does
         one whose node's probe is too slow to say (the machine is loaded, which explains the silence as well;
         a node that is gone is found through its probe's own silence)."""
-        if target.role == "probe" or silence_s >= self.config.heartbeat_timeout_max_ms / 1000:
+        ceiling_s = self.config.heartbeat_timeout_max_ms / 1000
+        if target.role == "probe":  # its silence only marks its node unreachable (the minority rule)
+            return silence_s >= ceiling_s
+        if silence_s >= ceiling_s:
             return True
         return self._process_state(target.node_id, target.pid) not in ("running", PROBE_SLOW)
 
@@ -640,6 +643,10 @@ class Supervisor:
 
     def _ensure_probes(self, alive: set[str]) -> None:
         now = time.time()
+        for node in [n for n in self.probes if n not in alive]:  # Ray says the node is gone: so is its probe
+            gone = self.probes.pop(node, None)
+            if gone is not None:
+                runtime.kill(gone[1])
         for node in alive:
             recently_lost = now - self._unreachable.get(node, -PROBE_RESPAWN_S) < PROBE_RESPAWN_S
             if node not in self.probes and node not in self._probes_starting and not recently_lost:
@@ -665,15 +672,23 @@ class Supervisor:
             self._probes_starting.discard(node)
 
     def _probes_lost(self, event: FaultEvent, names: list[str]) -> None:
-        """A probe went silent or died: its node counts as unreachable until a new probe answers there."""
+        """A probe went silent or died: its node counts as unreachable until a probe answers there again.
+
+        A silent probe is kept and pinged on (a loaded node answers again, and is reachable at once);
+        a dead one is replaced (``_ensure_probes``) once ``PROBE_RESPAWN_S`` passed.
+        """
         now = time.time()
+        silent = event.signal == "heartbeat-silence" and self.watcher is not None
         for node, (name, handle, ident) in list(self.probes.items()):
             if name not in names:
                 continue
-            del self.probes[node]
             self._unreachable[node] = now
             self._suspect_nodes[node] = now
-            runtime.kill(handle)
+            if silent:
+                self.watcher.hold(name, lambda node=node: self._unreachable.pop(node, None))
+            else:
+                del self.probes[node]
+                runtime.kill(handle)
             others = [n for n in event.names if n not in names]
             if not others:  # a node holding no replica (the others report their node loss themselves)
                 where = {"node": node, "actors": [{"actor": name, "role": "probe", "partition": None,

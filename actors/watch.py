@@ -146,7 +146,7 @@ class Watcher:
         tick = self.settings.interval_s / 2
         started = self._clock()
         if self._last_loop is not None and started - self._last_loop > self.settings.timeout_min_s:
-            for det in self.detectors.values():  # we were held up, not them
+            for det in list(self.detectors.values()):  # we were held up, not them
                 det.last_s = started if det.last_s is not None else None
                 det.start_s = started
         self._last_loop = started
@@ -165,12 +165,13 @@ class Watcher:
             self._stop.wait(rest)
 
     def _forget(self, targets: dict[str, Target]) -> None:
-        for name in [n for n in self.detectors if n not in targets]:
+        # copies first (list() is atomic): the supervisor's threads ``hold`` and ``rearm`` meanwhile
+        for name in [n for n in list(self.detectors) if n not in targets]:
             self.detectors.pop(name, None)
             self.last_reply.pop(name, None)
             self._next_ping.pop(name, None)
         self._reported &= set(targets)
-        for name in [n for n in self._held if n not in targets]:
+        for name in [n for n in list(self._held) if n not in targets]:
             del self._held[name]
         for ref, name in list(self._outstanding.items()):
             if name not in targets:
