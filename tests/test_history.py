@@ -192,3 +192,46 @@ def test_bank_checkers():
     bad_read = _op(4, "total", (), OK, {"total": 290, "accounts": 3, "negative": [(2, -10)]})
     v = bank_workload.check_totals([read, bad_read], total, 300, 3)
     assert not v.ok and "2 violation(s)" in v.detail
+
+
+def test_bank_clients_read_the_total_every_nth_batch_or_never():
+    import random
+
+    def kinds(every: int) -> list[str]:
+        client = bank_workload.BankWorkload(100, partitions=2, total_every=every).client(0, random.Random(1))
+        return [client.next_batch(3)[0] for _ in range(12)]
+
+    assert [i for i, k in enumerate(kinds(4), 1) if k == "total"] == [4, 8, 12]
+    assert "total" not in kinds(0)
+    assert kinds(bank_workload.TOTAL_EVERY).count("total") == 12 // bank_workload.TOTAL_EVERY
+    for bad in (-1, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="--total-every"):
+            bank_workload.BankWorkload(100, partitions=2, total_every=bad)
+
+
+def test_by_procedure_counts_each_procedure_apart_with_its_latency():
+    from workloads.history import FAIL, OK, UNKNOWN, Op
+    from workloads.runner import by_procedure
+
+    ops = [Op(i, 0, "transfer", None, 0.0, OK, (i + 1) / 1000) for i in range(8)]
+    ops += [Op(8, 0, "transfer", None, 0.0, FAIL, 0.05, None, "USER_ABORT: insufficient funds"),
+            Op(9, 0, "transfer", None, 0.0, FAIL, 0.05, None, "LOCK_CONFLICT"),
+            Op(10, 0, "transfer", None, 0.0, UNKNOWN, 0.05, None, "TIMEOUT"),
+            Op(11, 0, "total", None, 0.0, OK, 0.2), Op(12, 0, "total", None, 0.0, OK, 0.4)]
+    figures = by_procedure(ops, 2.0)
+    assert figures["transfer"]["answered"] == 9 and figures["transfer"]["tps"] == 4.5  # 8 ok + 1 refused
+    assert figures["total"] == {"answered": 2, "tps": 1.0, "p50_ms": 200.0, "p99_ms": 400.0}
+    assert by_procedure([], 0.0) == {}
+
+
+def test_the_peer_is_set_against_bank_transfers_alone_and_voter_as_a_whole():
+    from actors.cli_bench import _ours_for_peer
+
+    report = {"workload": "bank", "throughput_tps": 110.0, "latency_ms": {"p50": 9.0, "p99": 90.0},
+              "by_procedure": {"transfer": {"tps": 100.0, "p50_ms": 8.0, "p99_ms": 30.0},
+                               "total": {"tps": 10.0, "p50_ms": 20.0, "p99_ms": 99.0}}}
+    assert _ours_for_peer(report) == (100.0, 8.0, 30.0)
+    report["by_procedure"]["transfer_local"] = {"tps": 50.0, "p50_ms": 2.0, "p99_ms": 5.0}
+    assert _ours_for_peer(report) == (150.0, 9.0, 90.0)  # mixed transfers: the run's latency
+    voter = {"workload": "voter", "throughput_tps": 5000.0, "latency_ms": {"p50": 3.0, "p99": 7.0}}
+    assert _ours_for_peer(voter) == (5000.0, 3.0, 7.0)

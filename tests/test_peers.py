@@ -52,9 +52,10 @@ def test_redis_voter_short_run():
 
 def test_postgres_bank_short_run():
     _skip_unless(peers.require_postgres)
-    result = peers.run_postgres_bank(clients=2, duration_s=1.5, accounts=200, seed=1)
+    result = peers.run_postgres_bank(clients=2, duration_s=1.5, accounts=200, seed=1, total_every=4)
     assert result["check"]["ok"], result["check"]["detail"]
     assert result["committed"] > 0 and result["errors"] == 0
+    assert result["reads"] > 0 and f"on {result['reads']} reads" in result["check"]["detail"]
     assert result["throughput_tps"] > 0 and result["latency_ms"]["p99"] >= result["latency_ms"]["p50"] > 0
     assert result["peer"] == "postgres" and result["version"]
     _assert_gone(result)
@@ -132,3 +133,11 @@ def test_a_missing_driver_is_named_with_how_to_install_it():
     assert missing == ["the Python driver a driver (module `ohmdb_no_such_driver`) is not installed "
                        "(install it: `pip install -e '.[peers]'` or `pip install 'pkg>=1'`)"]
     assert peer_servers.import_driver("json", "json", "-", missing) is not None and len(missing) == 1
+
+
+def test_a_postgres_total_read_off_the_invariant_is_named():
+    assert peer_postgres._read_problems(200 * peer_postgres.BALANCE_INITIAL, 200, 0, 200) == []
+    problems = peer_postgres._read_problems(200 * peer_postgres.BALANCE_INITIAL - 7, 199, 1, 200)
+    assert problems == [f"total is {200 * peer_postgres.BALANCE_INITIAL - 7}, expected "
+                        f"{200 * peer_postgres.BALANCE_INITIAL} (off by -7)", "199 accounts, expected 200",
+                        "1 negative balances"]

@@ -5,8 +5,8 @@ Design note
 Each client alternates transfer batches: same-partition pairs through
 ``transfer_local`` (single-partition) and cross-partition pairs through
 ``transfer`` (two-phase commit), with probability ``cross_fraction`` of a
-cross batch; one batch in ``TOTAL_EVERY`` is a single consistent ``total``
-read.  The checkers, run after the load:
+cross batch; one batch in ``total_every`` (default ``TOTAL_EVERY``; 0: none)
+is a single consistent ``total`` read.  The checkers, run after the load:
 
 * ``bank_total`` -- every ``total`` read that answered during the run, and a
   final one, shows the starting total, every account, no negative balance.
@@ -27,21 +27,23 @@ from workloads import bank
 from workloads.history import OK, UNKNOWN, Op
 from workloads.workload import EVIDENCE_MAX, Verdict
 
-#: One client batch in this many is a single consistent ``total`` read.
+#: One client batch in this many is a single consistent ``total`` read (by default).
 TOTAL_EVERY = 10
 TRANSFERS = ("transfer", "transfer_local")
 
 
 class _Client:
-    def __init__(self, rng: random.Random, accounts: int, partitions: int, cross_fraction: float) -> None:
+    def __init__(self, rng: random.Random, accounts: int, partitions: int, cross_fraction: float,
+                 total_every: int) -> None:
         self.rng = rng
         self.load = bank.BankLoad(rng, accounts, partitions, cross_fraction)
         self.cross_fraction = cross_fraction
+        self.total_every = total_every
         self.batches = 0
 
     def next_batch(self, n: int) -> tuple[str, list[Sequence[Any]]]:
         self.batches += 1
-        if self.batches % TOTAL_EVERY == 0:
+        if self.total_every and self.batches % self.total_every == 0:
             return "total", [()]
         cross = self.load.partitions > 1 and self.rng.random() < self.cross_fraction
         return ("transfer" if cross else "transfer_local"), self.load.next_batch(n, cross)
@@ -51,12 +53,16 @@ class BankWorkload:
     name = "bank"
 
     def __init__(self, accounts: int = bank.ACCOUNTS_DEFAULT, balance: int = bank.BALANCE_DEFAULT,
-                 cross_fraction: float = 0.5, partitions: int = 2) -> None:
+                 cross_fraction: float = 0.5, partitions: int = 2, total_every: int = TOTAL_EVERY) -> None:
         if accounts < 2 * max(1, partitions):
             raise ValueError(f"--accounts must be at least 2 per partition, got {accounts} for {partitions}")
         if not 0.0 <= cross_fraction <= 1.0:
             raise ValueError(f"--cross must be in [0, 1], got {cross_fraction}")
+        if isinstance(total_every, bool) or not isinstance(total_every, int) or total_every < 0:
+            raise ValueError(f"--total-every must be a whole number >= 0 (0: no reads during the run), "
+                             f"got {total_every!r}")
         self.accounts, self.balance, self.cross_fraction, self.partitions = accounts, balance, cross_fraction, partitions
+        self.total_every = total_every
 
     def schema(self):
         return bank.schema()
@@ -65,7 +71,7 @@ class BankWorkload:
         return bank.initial_data(self.accounts, self.balance)
 
     def client(self, process: int, rng: random.Random) -> _Client:
-        return _Client(rng, self.accounts, self.partitions, self.cross_fraction)
+        return _Client(rng, self.accounts, self.partitions, self.cross_fraction, self.total_every)
 
     def check(self, db: Any, ops: list[Op]) -> dict[str, Verdict]:
         reads = [op for op in ops if op.f == "total" and op.type == OK]

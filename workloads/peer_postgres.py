@@ -16,10 +16,19 @@ error before the decision rolls both back.  The statements always run on
 server 0 first, then server 1: with one row per server per transaction, no
 transaction waits on server 0 while holding a lock on server 1, so no
 distributed deadlock (which neither server could detect) can form;
-``lock_timeout`` is a safety net.  ``throughput_tps`` is committed transfers per
-second; latency covers committed and refused transfers.  Check: the total over
+``lock_timeout`` is a safety net.  ``throughput_tps`` is transfers answered
+(committed or refused) per second; latency covers committed and refused transfers.  Check: the total over
 both servers is unchanged, every account is present, none is negative and no
 prepared transaction is left in doubt.
+
+With ``total_every`` = N > 0, one operation in N of each client is a consistent
+total read instead of a transfer, as ohmdb's bank workload runs them (its
+``--total-every``): ``LOCK TABLE accounts IN SHARE MODE`` on server 0, then on
+server 1 (the transfers' order, so no distributed deadlock), the sums, then both
+read transactions end.  A SHARE lock waits for every transfer holding or having
+prepared a row change there, so the two sums are one consistent cut; each read
+is checked like the final one.  Reads are counted apart from the transfers
+(``reads``) and are not in the latency figures.
 
 PostgreSQL refuses to run as root.  When this process is root the servers (and
 ``initdb``) run as an unprivileged user -- ``$OHMDB_PEERS_PG_USER``, else
@@ -82,6 +91,9 @@ DEBIT_SQL = "UPDATE accounts SET balance = balance - %s WHERE id = %s AND balanc
 CREDIT_SQL = "UPDATE accounts SET balance = balance + %s WHERE id = %s"
 CREATE_ACCOUNTS_SQL = "CREATE TABLE accounts (id bigint PRIMARY KEY, balance bigint NOT NULL CHECK (balance >= 0))"
 SUMMARY_SQL = "SELECT coalesce(sum(balance), 0), count(*), count(*) FILTER (WHERE balance < 0) FROM accounts"
+LOCK_SHARE_SQL = "LOCK TABLE accounts IN SHARE MODE"
+#: Bad total reads kept in the check's detail (all are counted).
+READ_PROBLEMS_KEPT_MAX = 5
 
 #: initdb of one data directory.
 INITDB_TIMEOUT_S = 120.0
@@ -245,14 +257,39 @@ def _transfer(conns: list[Any], place: dict[int, int], gtrid: str, src: int, dst
         raise
 
 
+def _total(conns: list[Any]) -> tuple[int, int, int]:
+    """(sum, accounts, negative balances) over both servers as one consistent cut (SHARE locks, in order)."""
+    try:
+        parts = []
+        for conn in conns:
+            conn.execute(LOCK_SHARE_SQL)
+            parts.append(conn.execute(SUMMARY_SQL).fetchone())
+        return sum(int(p[0]) for p in parts), sum(p[1] for p in parts), sum(p[2] for p in parts)
+    finally:
+        for conn in conns:
+            quietly(conn.rollback)
+
+
+def _read_problems(total: int, rows: int, negative: int, accounts: int) -> list[str]:
+    expected = accounts * BALANCE_INITIAL
+    problems = []
+    if total != expected:
+        problems.append(f"total is {total}, expected {expected} (off by {total - expected:+d})")
+    if rows != accounts:
+        problems.append(f"{rows} accounts, expected {accounts}")
+    if negative:
+        problems.append(f"{negative} negative balances")
+    return problems
+
+
 def _rollback_all(conns: list[Any]) -> None:
     for conn in conns:
         quietly(conn.tpc_rollback)
 
 
 def _bank_loop(psycopg: ModuleType, ports: list[int], place: dict[int, int], accounts: int,
-               seed: int) -> tuple[Callable[[int], Any], Callable[[Any, int, float, Tally], None],
-                                   Callable[[Any], None]]:
+               seed: int, total_every: int) -> tuple[Callable[[int], Any], Callable[[Any, int, float, Tally], None],
+                                                     Callable[[Any], None]]:
     def setup(client: int) -> Any:
         load = bank.BankLoad(random.Random(seed * 1_000_003 + client), accounts, 2)
         conns: list[Any] = []
@@ -270,8 +307,21 @@ def _bank_loop(psycopg: ModuleType, ports: list[int], place: dict[int, int], acc
         seq = 0
         while time.perf_counter() < deadline:
             seq += 1
-            src, dst, amount = load.next_cross()
             t0 = time.perf_counter()
+            if total_every and seq % total_every == 0:
+                try:
+                    found = _total(conns)
+                except psycopg.Error as e:
+                    tally.errors += 1
+                    tally.reasons[type(e).__name__] += 1
+                    if any(conn.closed for conn in conns):
+                        raise
+                    continue
+                tally.reads += 1
+                tally.read_problems += [f"read {tally.reads} of client {client}: {p}"
+                                        for p in _read_problems(*found, accounts)]
+                continue
+            src, dst, amount = load.next_cross()
             try:
                 ok = _transfer(conns, place, f"ohmdb-peer-{client}-{seq}", src, dst, amount)
             except psycopg.Error as e:
@@ -300,28 +350,26 @@ def _bank_check(psycopg: ModuleType, ports: list[int], accounts: int, tally: Tal
             part_total, part_rows, part_negative = conn.execute(SUMMARY_SQL).fetchone()
             in_doubt += conn.execute("SELECT count(*) FROM pg_prepared_xacts").fetchone()[0]
         total, rows, negative = total + int(part_total), rows + part_rows, negative + part_negative
-    expected = accounts * BALANCE_INITIAL
-    problems = []
-    if total != expected:
-        problems.append(f"total is {total}, expected {expected} (off by {total - expected:+d})")
-    if rows != accounts:
-        problems.append(f"{rows} accounts, expected {accounts}")
-    if negative:
-        problems.append(f"{negative} negative balances")
+    problems = _read_problems(total, rows, negative, accounts)
+    if tally.read_problems:
+        problems.append(f"{len(tally.read_problems)} bad total reads during the run: "
+                        + "; ".join(tally.read_problems[:READ_PROBLEMS_KEPT_MAX]))
     if in_doubt:
         problems.append(f"{in_doubt} prepared transactions left in doubt")
     if tally.failure:
         problems.append(tally.failure)
-    detail = (f"total {total} over both servers unchanged; {rows} accounts, none negative, none in doubt"
-              if not problems else "; ".join(problems))
+    detail = (f"total {total} over both servers unchanged on {tally.reads} reads during the run and at the end; "
+              f"{rows} accounts, none negative, none in doubt" if not problems else "; ".join(problems))
     return {"ok": not problems, "detail": detail}
 
 
 def run_postgres_bank(clients: int, duration_s: float, accounts: int = bank.ACCOUNTS_DEFAULT,
-                      seed: int = 1) -> dict[str, Any]:
-    """Cross-server bank transfers by two-phase commit over two PostgreSQL servers; the figures."""
-    if clients < 1 or duration_s <= 0:
-        raise ValueError(f"need clients >= 1 and duration_s > 0; got {clients}, {duration_s}")
+                      seed: int = 1, total_every: int = 0) -> dict[str, Any]:
+    """Cross-server bank transfers by two-phase commit over two PostgreSQL servers (with one consistent
+    total read in ``total_every`` operations of each client, if > 0); the figures."""
+    if clients < 1 or duration_s <= 0 or total_every < 0:
+        raise ValueError(f"need clients >= 1, duration_s > 0 and total_every >= 0; got {clients}, {duration_s}, "
+                         f"{total_every}")
     groups = bank.accounts_by_partition(accounts, 2)
     bank.BankLoad(random.Random(0), accounts, 2).next_cross()  # validates accounts (a cross pair exists)
     bin_dir, psycopg = require_postgres()
@@ -331,16 +379,18 @@ def run_postgres_bank(clients: int, duration_s: float, accounts: int = bank.ACCO
     with Servers("ohmdb-peer-pg-", run_as, parent) as servers:
         ports = _start_postgres(servers, bin_dir, psycopg, clients)
         versions = [_load_accounts(psycopg, port, ids) for port, ids in zip(ports, groups)]
-        tally, elapsed = drive(clients, duration_s, *_bank_loop(psycopg, ports, place, accounts, seed))
+        tally, elapsed = drive(clients, duration_s, *_bank_loop(psycopg, ports, place, accounts, seed, total_every))
         check = _bank_check(psycopg, ports, accounts, tally)
         pids, temp_dir = servers.pids, servers.dir
     return {
         "peer": "postgres", "version": versions[0],
-        "throughput_tps": round(tally.committed / elapsed, 1) if elapsed > 0 else 0.0,
-        "committed": tally.committed, "refused": tally.rejected, "errors": tally.errors,
+        # transfers answered (committed or refused), as ohmdb's transfer rate counts them
+        "throughput_tps": round((tally.committed + tally.rejected) / elapsed, 1) if elapsed > 0 else 0.0,
+        "committed": tally.committed, "refused": tally.rejected, "reads": tally.reads, "errors": tally.errors,
         "error_kinds": dict(tally.reasons), "duration_s": round(elapsed, 3),
         "latency_ms": latency_percentiles(tally.batches),
         "config": {"clients": clients, "duration_s": duration_s, "accounts": accounts, "seed": seed, "servers": 2,
+                   "total_every": total_every,
                    "balance_initial": BALANCE_INITIAL, "fsync": "on", "synchronous_commit": "on",
                    "max_prepared_transactions": max(2 * clients, 2), "isolation": "read committed",
                    "commit": "two-phase (PREPARE TRANSACTION / COMMIT PREPARED)",

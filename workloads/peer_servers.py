@@ -252,6 +252,8 @@ class Tally:
     batches: list[tuple[float, int]] = field(default_factory=list)  # (latency ms, transactions)
     unacked: int = 0
     failure: str | None = None
+    reads: int = 0  # bank: consistent total reads, and what was wrong with any of them
+    read_problems: list[str] = field(default_factory=list)
 
     def merge(self, other: Tally) -> None:
         self.committed += other.committed
@@ -262,6 +264,8 @@ class Tally:
         self.batches.extend(other.batches)
         self.unacked += other.unacked
         self.failure = self.failure or other.failure
+        self.reads += other.reads
+        self.read_problems.extend(other.read_problems)
 
 
 def latency_percentiles(batches: list[tuple[float, int]]) -> dict[str, float]:

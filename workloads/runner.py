@@ -410,6 +410,7 @@ def _report(cfg: RunConfig, db: Cluster, ops: list[Op], elapsed: float, started_
         "throughput_tps": round((summary["ok"] + sum(user_aborts.values())) / elapsed, 1) if elapsed else 0.0,
         "committed_tps": round(summary["throughput"], 1),
         "latency_ms": {q: _round(summary[f"{q}_ms"]) for q in ("p50", "p95", "p99", "max")},
+        "by_procedure": by_procedure(ops, elapsed),
         "faults": faults,
         "heal": healed,
         "checks": {name: v.to_dict() for name, v in checks.items()},
@@ -419,6 +420,19 @@ def _report(cfg: RunConfig, db: Cluster, ops: list[Op], elapsed: float, started_
     }
     report["ok"] = all(v.ok for v in checks.values())
     return report
+
+
+def by_procedure(ops: list[Op], elapsed: float) -> dict[str, dict[str, Any]]:
+    """Per procedure: transactions answered with an outcome of their own (committed or aborted by the
+    procedure), their rate, and the latency of the completed ones -- e.g. bank's transfers apart from its reads."""
+    out: dict[str, dict[str, Any]] = {}
+    for f in sorted({op.f for op in ops}):
+        mine = [op for op in ops if op.f == f]
+        s = timeline.summary(mine, elapsed)
+        answered = s["ok"] + sum(1 for op in mine if op.type == "fail" and (op.error or "").startswith("USER_ABORT"))
+        out[f] = {"answered": answered, "tps": round(answered / elapsed, 1) if elapsed else 0.0,
+                  "p50_ms": _round(s["p50_ms"]), "p99_ms": _round(s["p99_ms"])}
+    return out
 
 
 def _codes(ops: list[Op], kind: str) -> dict[str, int]:
