@@ -92,7 +92,7 @@ RESTART_BACKOFF_DOUBLINGS_MAX = 6
 STEP_RESENDS_MAX = 3
 #: Interval of the core's clock tick (timeouts, re-sends).
 TICK_S = 0.05
-# A cached routing naming no leader for a partition is asked again after this long (not on every call).
+#: A cached routing naming no leader for a partition is asked again after this long (not on every call).
 UNAVAILABLE_RECHECK_S = 0.1
 #: Recovery: rounds of asking every leader, and the pause between rounds.
 RECOVERY_ROUNDS_MAX = 60

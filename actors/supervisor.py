@@ -643,10 +643,12 @@ class Supervisor:
 
     def _ensure_probes(self, alive: set[str]) -> None:
         now = time.time()
-        for node in [n for n in self.probes if n not in alive]:  # Ray says the node is gone: so is its probe
-            gone = self.probes.pop(node, None)
-            if gone is not None:
-                runtime.kill(gone[1])
+        for node in list(self.probes):
+            # Ray says the node is gone (so is its probe), or a silent probe never answered again: replace it
+            if node not in alive or now - self._unreachable.get(node, now) >= PROBE_RESPAWN_S:
+                gone = self.probes.pop(node, None)
+                if gone is not None:
+                    runtime.kill(gone[1])
         for node in alive:
             recently_lost = now - self._unreachable.get(node, -PROBE_RESPAWN_S) < PROBE_RESPAWN_S
             if node not in self.probes and node not in self._probes_starting and not recently_lost:
@@ -674,8 +676,9 @@ class Supervisor:
     def _probes_lost(self, event: FaultEvent, names: list[str]) -> None:
         """A probe went silent or died: its node counts as unreachable until a probe answers there again.
 
-        A silent probe is kept and pinged on (a loaded node answers again, and is reachable at once);
-        a dead one is replaced (``_ensure_probes``) once ``PROBE_RESPAWN_S`` passed.
+        A silent probe is kept and pinged on (a loaded node answers again, and is reachable at once); a
+        dead one, or a silent one that did not answer within ``PROBE_RESPAWN_S``, is replaced
+        (``_ensure_probes``).
         """
         now = time.time()
         silent = event.signal == "heartbeat-silence" and self.watcher is not None
@@ -860,6 +863,8 @@ class Supervisor:
             "supervisor": {"actor_name": f"{self.config.name}:supervisor", **self.identity, "restarted": self.restarted},
             "halted": self.halted,
             "members": sorted(self.membership.members) if self.membership is not None else [],
+            "probes": {node: {"actor_name": name, "pid": ident.get("pid"), "reachable": node not in self._unreachable}
+                       for node, (name, _, ident) in list(self.probes.items())},
             "faults_open": len(self.book.open),
             "rebuilds": list(self.rebuilds),
             "counts": _totals(replicas, {t.name for t in self.schema.tables.values() if t.replicated}),

@@ -285,3 +285,28 @@ def test_a_paused_leader_is_kept_when_no_other_replica_answers_the_fence(ray_add
         assert db.call_many("deposit", [(i, 0) for i in range(5)]) == [10] * 5  # nothing was lost
         assert _replica(db, "leader", 0)["pid"] == leader["pid"]
         wait_until(lambda: redundant(db, 2), what="a new follower built from the kept leader")
+
+
+def test_a_paused_probe_makes_its_node_unreachable_until_it_answers_again(ray_address, tmp_path):
+    """On one node, a silent probe leaves no node reachable: writes halt (the minority rule). The probe is
+    kept and pinged on, so writes resume once it answers -- not only after a new probe is spawned."""
+    from actors.supervisor import PROBE_RESPAWN_S
+
+    with ledger("test-sup-probe", tmp_path, partitions=1, k=1, accounts=3) as db:
+        node = db.status()["nodes"][0]["node_id"]
+        wait_until(lambda: node in db.status()["probes"], timeout_s=30, what="the node's probe watched")
+        probe = db.status()["probes"][node]
+        name = probe["actor_name"]
+        os.kill(probe["pid"], signal.SIGSTOP)
+        try:
+            wait_until(lambda: db.status()["halted"] is not None, timeout_s=30, what="writes halted")
+            with pytest.raises(Exception, match="CLUSTER_MINORITY"):
+                db.call("deposit", 1, 1)
+        finally:
+            os.kill(probe["pid"], signal.SIGCONT)
+            resumed_from = time.monotonic()
+        wait_until(lambda: db.status()["halted"] is None, timeout_s=30, what="writes resumed")
+        assert time.monotonic() - resumed_from < PROBE_RESPAWN_S  # the same probe answered again
+        assert db.status()["probes"][node] == {**probe, "reachable": True}
+        assert runtime.call(runtime.find(name), "ping", control=True, timeout_s=10)["pid"] == probe["pid"]
+        assert db.call("deposit", 1, 1) == 1
