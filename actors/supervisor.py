@@ -81,6 +81,9 @@ SUSPECT_NODE_S = 30.0
 MEMBERSHIP_SETTLE_S = 5.0
 #: A node whose probe was lost gets a new probe (if Ray still lists it) only after this long.
 PROBE_RESPAWN_S = 10.0
+#: A hang or crash on a node that Ray reports dead within this long after its detection was that
+#: node's loss (Ray's own node health check may take a minute to declare a node dead).
+NODE_LOSS_RECLASSIFY_S = 180.0
 #: How long the supervisor asks a node's probe about a process before it counts as unknown.
 PROCESS_STATE_TIMEOUT_S = 0.2
 #: What ``_process_state`` says when the probe did not answer within that time.
@@ -798,7 +801,9 @@ class Supervisor:
         with self._lock:
             for report in list(self.book.recent()):
                 node = report.where.get("node")
-                if report.kind == HANG and isinstance(node, str) and node not in alive:
+                # a silence, or a death Ray reported first (the ping failed before the node was declared dead)
+                if report.kind in (HANG, CRASH) and isinstance(node, str) and node not in alive \
+                        and now - report.detected_at <= NODE_LOSS_RECLASSIFY_S:
                     report.kind = NODE_LOSS
                     report.act(now, "reclassified", reason="Ray reports the node dead")
                     self.book.save(report)
