@@ -276,7 +276,8 @@ def _ours_for_peer(report: dict[str, Any]) -> tuple[float, Any, Any]:
     """
     if report["workload"] != "bank":
         return report["throughput_tps"], report["latency_ms"]["p50"], report["latency_ms"]["p99"]
-    transfers = [v for f, v in report.get("by_procedure", {}).items() if f in ("transfer", "transfer_local")]
+    from workloads.bank_workload import TRANSFERS
+    transfers = [v for f, v in report.get("by_procedure", {}).items() if f in TRANSFERS]
     tps = sum(v["tps"] for v in transfers)
     if len(transfers) != 1:  # mixed local and cross transfers: their latencies are not one figure
         return tps, report["latency_ms"]["p50"], report["latency_ms"]["p99"]
