@@ -46,7 +46,7 @@ import queue
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, Sequence
 
 from actors import runtime
 from actors.config import ClusterConfig
@@ -407,7 +407,7 @@ class Supervisor:
         lsns = [a["written_lsn"] for a in replies if a]
         return max(lsns) if lsns else None
 
-    def _elect(self, partition: int, report: FaultReport | None, replacing: list[ReplicaInfo] = (),
+    def _elect(self, partition: int, report: FaultReport | None, replacing: Sequence[ReplicaInfo] = (),
                kill_if_alone: bool = True) -> tuple[ReplicaInfo, int] | None:
         """Fence every live replica into a new epoch, promote the most advanced one, publish.
 

@@ -308,27 +308,22 @@ def _bank_loop(psycopg: ModuleType, ports: list[int], place: dict[int, int], acc
         while time.perf_counter() < deadline:
             seq += 1
             t0 = time.perf_counter()
-            if total_every and seq % total_every == 0:
-                try:
-                    found = _total(conns)
-                except psycopg.Error as e:
-                    tally.errors += 1
-                    tally.reasons[type(e).__name__] += 1
-                    if any(conn.closed for conn in conns):
-                        raise
-                    continue
-                tally.reads += 1
-                tally.read_problems += [f"read {tally.reads} of client {client}: {p}"
-                                        for p in _read_problems(*found, accounts)]
-                continue
-            src, dst, amount = load.next_cross()
+            reading = bool(total_every) and seq % total_every == 0
             try:
-                ok = _transfer(conns, place, f"ohmdb-peer-{client}-{seq}", src, dst, amount)
+                if reading:
+                    found = _total(conns)
+                else:
+                    ok = _transfer(conns, place, f"ohmdb-peer-{client}-{seq}", *load.next_cross())
             except psycopg.Error as e:
                 tally.errors += 1
                 tally.reasons[type(e).__name__] += 1
                 if any(conn.closed for conn in conns):
                     raise
+                continue
+            if reading:
+                tally.reads += 1
+                tally.read_problems += [f"read {tally.reads} of client {client}: {p}"
+                                        for p in _read_problems(*found, accounts)]
                 continue
             tally.batches.append(((time.perf_counter() - t0) * 1000.0, 1))
             if ok:
