@@ -59,6 +59,7 @@ from actors.watchdog import WATCHDOG_NOTE_KEY, NodeProbe, Watchdog, probe_name, 
 from recovery.cluster_map import (
     DEAD, FOLLOWER, LEADER, NOT_A_MEMBER, SERVING, STARTING, ClusterMap, ReplicaInfo, replica_name, trusted_nodes,
 )
+from recovery.detector import PROBE_SLOW, silence_confirmed
 from recovery.faults import (
     CORRUPT_LOG, CRASH, HANG, LOG_WRITE_FAILURE, NODE_LOSS, SUPERVISOR_RESTART, UNRECOVERED, FaultBook, FaultReport,
 )
@@ -86,8 +87,6 @@ PROBE_RESPAWN_S = 10.0
 NODE_LOSS_RECLASSIFY_S = 180.0
 #: How long the supervisor asks a node's probe about a process before it counts as unknown.
 PROCESS_STATE_TIMEOUT_S = 0.2
-#: What ``_process_state`` says when the probe did not answer within that time.
-PROBE_SLOW = "probe-slow"
 #: Where ``inject_crash`` can stop a recovery.
 CRASH_PHASES = ("fenced", "promoted", "respawned")
 #: A watchdog note older than this does not explain a restart.
@@ -345,15 +344,13 @@ class Supervisor:
             return None
 
     def _confirm_silence(self, target: Target, silence_s: float) -> bool:
-        """A silent actor whose process is running (busy, not stopped) gets until the timeout ceiling; so does
-        one whose node's probe is too slow to say (the machine is loaded, which explains the silence as well;
-        a node that is gone is found through its probe's own silence)."""
+        """A silence is a hang at the timeout ceiling, or before it on what the process table of the actor's
+        node says (``silence_confirmed``); a probe's silence only marks its node unreachable (the minority
+        rule), at the ceiling."""
         ceiling_s = self.config.heartbeat_timeout_max_ms / 1000
-        if target.role == "probe":  # its silence only marks its node unreachable (the minority rule)
+        if target.role == "probe" or silence_s >= ceiling_s:
             return silence_s >= ceiling_s
-        if silence_s >= ceiling_s:
-            return True
-        return self._process_state(target.node_id, target.pid) not in ("running", PROBE_SLOW)
+        return silence_confirmed(self._process_state(target.node_id, target.pid), silence_s, ceiling_s)
 
     def _localize(self, event: FaultEvent, reps: list[ReplicaInfo]) -> str:
         """Refine a silence with what the process table says (on this node): stopped, running, or gone."""

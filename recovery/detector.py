@@ -21,6 +21,15 @@ whose answers come late raises its own std and therefore its own timeout
 
 ``node_went_quiet`` tells the loss of a whole node from one hung process.
 
+``silence_confirmed`` decides when a suspected silence becomes a hang.  Before
+the ceiling it takes the process table of the actor's node: a process that
+runs (busy), or whose node's probe is too slow to say (a loaded machine
+explains the silence as well), gets until the ceiling; a stopped or gone one
+is a hang at once, and so is one nobody can ask about (no probe on its node,
+or the probe's call failed: the node is most likely gone, and Ray's own
+health check takes far longer to say so).  A false hang costs a failover, a
+late one a partition's writes until the ceiling.
+
 Silence is measured from the last answer; before the first answer it is
 measured from when watching began (``start``), so an actor that never answers
 is still found.
@@ -38,6 +47,14 @@ MODES = (PHI, TIMEOUT)
 
 #: Gaps remembered per watched actor.
 WINDOW_HEARTBEATS = 100
+#: What the process table of a silent actor's node says of its process (``silence_confirmed``); anything else,
+#: None included, means nobody could be asked.
+RUNNING = "running"
+STOPPED = "stopped"
+GONE = "gone"
+#: The node's probe did not answer in time.
+PROBE_SLOW = "probe-slow"
+
 #: Smallest standard deviation assumed for the gaps (keeps a too-regular history from over-trusting).
 STD_MIN_S = 0.02
 
@@ -110,3 +127,9 @@ def node_went_quiet(suspects_last_s: list[float | None], neighbours_last_s: list
     since = max(t or 0.0 for t in suspects_last_s) + margin_s
     return all((t or 0.0) <= since for t in neighbours_last_s)
 
+
+
+def silence_confirmed(process_state: str | None, silence_s: float, ceiling_s: float) -> bool:
+    """Is a suspected actor's silence a hang now?  ``process_state``: ``RUNNING``, ``PROBE_SLOW``, ``STOPPED``,
+    ``GONE`` or None (nobody to ask); see the design note."""
+    return silence_s >= ceiling_s or process_state not in (RUNNING, PROBE_SLOW)

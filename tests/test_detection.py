@@ -12,7 +12,9 @@ from hypothesis import given, settings, strategies as st
 from actors.config import ClusterConfig
 from actors.errors import InvalidConfig
 from recovery.cluster_map import DEAD, FOLLOWER, LEADER, SERVING, STARTING, ClusterMap, ReplicaInfo, trusted_nodes
-from recovery.detector import PHI, TIMEOUT, HeartbeatDetector, node_went_quiet
+from recovery.detector import (
+    GONE, PHI, PROBE_SLOW, RUNNING, STOPPED, TIMEOUT, HeartbeatDetector, node_went_quiet, silence_confirmed,
+)
 from recovery.faults import CRASH, HANG, RECOVERED, FaultBook, latest
 from recovery.membership import Membership, verdict
 from recovery.supervisor_store import DirStore, KVStore, StoreCorrupt
@@ -291,6 +293,19 @@ def test_a_whole_node_went_quiet_only_if_none_of_its_actors_answered_since():
     assert not node_went_quiet([10.0], [10.0, 10.4], margin)             # the neighbour answers on: one hang
     assert not node_went_quiet([10.0], [10.0], margin)                   # alone on its node: cannot tell
     assert node_went_quiet([10.0], [10.0, None], margin)                 # a neighbour that never answered
+
+
+@pytest.mark.parametrize("state", [RUNNING, PROBE_SLOW])
+def test_a_busy_process_or_a_slow_probe_gets_until_the_ceiling(state):
+    assert not silence_confirmed(state, 0.3, 2.0)
+    assert not silence_confirmed(state, 1.99, 2.0)
+    assert silence_confirmed(state, 2.0, 2.0)
+
+
+@pytest.mark.parametrize("state", [STOPPED, GONE, None])
+def test_a_stopped_or_gone_process_or_one_nobody_can_ask_about_is_a_hang_at_once(state):
+    # None: no probe on its node, or its call failed -- on a removed node, the fast way to learn of it
+    assert silence_confirmed(state, 0.3, 2.0)
 
 
 def test_a_watch_step_after_rearm_skips_the_dropped_detector_instead_of_failing():
