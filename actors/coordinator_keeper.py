@@ -116,14 +116,6 @@ class CoordinatorKeeper:
             time.sleep(COORDINATOR_READY_POLL_S)
         return {"ready": False, "error": f"not ready after {COORDINATOR_READY_WAIT_S} s"}
 
-    def status(self) -> dict[str, Any] | None:
-        if self.handle is None:
-            return None
-        try:
-            return runtime.call(self.handle, "status", control=True, timeout_s=self.config.control_timeout_s)
-        except Exception as exc:
-            return {"error": str(exc)[:200]}
-
     def kill(self) -> None:
         runtime.kill(self.handle)
         self.handle = None

@@ -832,13 +832,15 @@ class Supervisor:
             m = self._map()
             reps = [dataclasses.replace(r) for r in m.replicas]
             version = m.version
-        refs = [runtime.submit(self.handles[r.actor_name], "status", control=True) for r in reps]
-        answers = runtime.get_each(refs, self.config.control_timeout_s, what="replica status")
         health = self.watcher.health(time.time()) if self.watcher else {}
+        asked = {r.actor_name: self.handles[r.actor_name] for r in reps if r.state != DEAD}
+        coordinator = self.coordinator.handle
+        if coordinator is not None:
+            asked[self.coordinator.name] = coordinator
+        answers = self._statuses(asked, health)
         replicas = []
-        for rep, answer in zip(reps, answers):
-            if rep.state == DEAD:
-                answer = ActorDied("removed from the configuration")
+        for rep in reps:
+            answer = answers.get(rep.actor_name, ActorDied("removed from the configuration"))
             entry = {"partition": rep.partition, "replica": rep.replica, "actor_name": rep.actor_name,
                      "role": rep.role, "state": rep.state, "epoch": rep.epoch, "node_id": rep.node_id, "pid": rep.pid,
                      "heartbeat": health.get(rep.actor_name)}
@@ -858,7 +860,7 @@ class Supervisor:
             "partitions": m.partitions,
             "k": m.k,
             "replicas": replicas,
-            "coordinator": self.coordinator.status(),
+            "coordinator": _coordinator_status(answers.get(self.coordinator.name) if coordinator else None),
             "leaders": {p: next((r.actor_name for r in reps if r.partition == p and r.role == LEADER and r.state == SERVING),
                                 None) for p in range(m.partitions)},
             "nodes": runtime.alive_nodes(),
@@ -871,6 +873,18 @@ class Supervisor:
             "rebuilds": list(self.rebuilds),
             "counts": _totals(replicas, {t.name for t in self.schema.tables.values() if t.replicated}),
         }
+
+    def _statuses(self, handles: dict[str, Any], health: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        """Each actor's ``status`` answer (or its typed error), asked all at once.  Answers are awaited up to
+        the control timeout, except those of actors already silent past their heartbeat timeout (on a lost
+        node, say): taken if in by then, else a Timeout -- a status call never waits on a silent actor."""
+        refs = {name: runtime.submit(handle, "status", control=True) for name, handle in handles.items()}
+        silent = {name for name in refs if name in health and health[name]["silence_s"] > health[name]["timeout_s"]}
+        out: dict[str, Any] = {}
+        for names, timeout_s in (([n for n in refs if n not in silent], self.config.control_timeout_s),
+                                 ([n for n in refs if n in silent], 0.0)):
+            out.update(zip(names, runtime.get_each([refs[n] for n in names], timeout_s, what="status")))
+        return out
 
     def shutdown(self) -> int:
         """Stop watching, flush every replica's log, then kill it; the caller then kills this actor."""
@@ -929,3 +943,9 @@ def _totals(replicas: list[dict[str, Any]], replicated: set[str]) -> dict[str, A
         "replicas_ok": sum(1 for r in replicas if r["health"] == "ok"),
         "replicas_total": len(replicas),
     }
+
+
+def _coordinator_status(answer: Any) -> dict[str, Any] | None:
+    if answer is None:
+        return None
+    return {"error": answer.message[:200]} if isinstance(answer, OhmError) else answer

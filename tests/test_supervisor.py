@@ -246,7 +246,8 @@ def test_a_torn_log_found_at_restart_is_reported_and_the_data_kept(ray_address, 
 
 
 def test_a_paused_last_replica_is_kept_and_its_report_closes_when_it_answers_again(ray_address, tmp_path):
-    with ledger("test-sup-last", tmp_path, partitions=1, k=0, accounts=3) as db:
+    control_timeout_s = 30.0
+    with ledger("test-sup-last", tmp_path, partitions=1, k=0, accounts=3, control_timeout_s=control_timeout_s) as db:
         only = _replica(db, "leader", 0)
         os.kill(only["pid"], signal.SIGSTOP)
         try:
@@ -254,6 +255,11 @@ def test_a_paused_last_replica_is_kept_and_its_report_closes_when_it_answers_aga
                        what="the hang reported")
             [report] = db.faults()
             assert report["kind"] == "hang" and report["actions"][-1]["action"] == "kept"
+            # a status call does not wait on the silent replica (it used to, for the whole control timeout)
+            started = time.monotonic()
+            [kept] = db.status()["replicas"]
+            assert time.monotonic() - started < control_timeout_s / 2
+            assert kept["health"] == "unreachable" and kept["error"] == "TIMEOUT" and kept["heartbeat"]["suspected"]
         finally:
             os.kill(only["pid"], signal.SIGCONT)
         [report] = _recovered(db, 1)
