@@ -815,8 +815,7 @@ class Supervisor:
         with self._lock:
             m = self._map()
             leaders = [r for r in m.replicas if r.role == LEADER and r.state == SERVING]
-        refs = [runtime.submit(self.handles[r.actor_name], "halt", reason, control=True) for r in leaders]
-        runtime.get_each(refs, self.config.control_timeout_s, what="halt")
+        self._ask_all({r.actor_name: self.handles[r.actor_name] for r in leaders}, "halt", reason)
 
     # -- inspection ---------------------------------------------------------------------------------
 
@@ -837,7 +836,7 @@ class Supervisor:
         coordinator = self.coordinator.handle
         if coordinator is not None:
             asked[self.coordinator.name] = coordinator
-        answers = self._statuses(asked, health)
+        answers = self._ask_all(asked, "status", health=health)
         replicas = []
         for rep in reps:
             answer = answers.get(rep.actor_name, ActorDied("removed from the configuration"))
@@ -874,16 +873,22 @@ class Supervisor:
             "counts": _totals(replicas, {t.name for t in self.schema.tables.values() if t.replicated}),
         }
 
-    def _statuses(self, handles: dict[str, Any], health: dict[str, dict[str, Any]]) -> dict[str, Any]:
-        """Each actor's ``status`` answer (or its typed error), asked all at once.  Answers are awaited up to
-        the control timeout, except those of actors already silent past their heartbeat timeout (on a lost
-        node, say): taken if in by then, else a Timeout -- a status call never waits on a silent actor."""
-        refs = {name: runtime.submit(handle, "status", control=True) for name, handle in handles.items()}
+    def _ask_all(self, handles: dict[str, Any], method: str, *args: Any,
+                 health: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """``method(*args)`` on every actor at once (control group); each answer or typed error, by name.
+
+        Answers are awaited up to the control timeout, except those of actors already silent past their
+        heartbeat timeout (on a lost node, say): taken if in by then, else a Timeout.  So a status call,
+        or a halt from the watch thread, never waits on a silent actor.
+        """
+        if health is None:
+            health = self.watcher.health(time.time()) if self.watcher else {}
+        refs = {name: runtime.submit(handle, method, *args, control=True) for name, handle in handles.items()}
         silent = {name for name in refs if name in health and health[name]["silence_s"] > health[name]["timeout_s"]}
         out: dict[str, Any] = {}
         for names, timeout_s in (([n for n in refs if n not in silent], self.config.control_timeout_s),
                                  ([n for n in refs if n in silent], 0.0)):
-            out.update(zip(names, runtime.get_each([refs[n] for n in names], timeout_s, what="status")))
+            out.update(zip(names, runtime.get_each([refs[n] for n in names], timeout_s, what=method)))
         return out
 
     def shutdown(self) -> int:
