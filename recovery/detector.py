@@ -47,8 +47,8 @@ MODES = (PHI, TIMEOUT)
 
 #: Gaps remembered per watched actor.
 WINDOW_HEARTBEATS = 100
-#: What the process table of a silent actor's node says of its process (``silence_confirmed``); anything else,
-#: None included, means nobody could be asked.
+#: What the process table of a silent actor's node says of its process (``silence_confirmed``; None: nobody
+#: could be asked).
 RUNNING = "running"
 STOPPED = "stopped"
 GONE = "gone"
@@ -126,7 +126,6 @@ def node_went_quiet(suspects_last_s: list[float | None], neighbours_last_s: list
         return False
     since = max(t or 0.0 for t in suspects_last_s) + margin_s
     return all((t or 0.0) <= since for t in neighbours_last_s)
-
 
 
 def silence_confirmed(process_state: str | None, silence_s: float, ceiling_s: float) -> bool:
