@@ -34,7 +34,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pyarrow as pa
 
 from actors import runtime
-from actors.config import ClusterConfig, validate_cluster_name
+from actors.config import UNAVAILABLE_RECHECK_S, ClusterConfig, validate_cluster_name
 from actors.coordinator import MP_RUNS_AT_ONCE, coordinator_name
 from actors.errors import (
     ActorDied, BatchTooLarge, ClusterExists, ClusterNotFound, CoordinatorUnavailable, InvalidArguments, InvalidConfig,
@@ -531,8 +531,6 @@ SUPERVISOR_RESTARTS_MAX = -1
 #: How long a call to a dead supervisor is retried while Ray restarts it.
 SUPERVISOR_RESTART_WAIT_S = 60.0
 SUPERVISOR_RETRY_S = 0.2
-#: A routing naming no leader for a partition is asked again after this long (not on every call).
-UNAVAILABLE_RECHECK_S = 0.1
 
 
 def _open_data_dir(data_dir: str, config: ClusterConfig, schema: Schema) -> bool:

@@ -30,6 +30,9 @@ CONTROL_TIMEOUT_S = 5.0
 SNAPSHOT_LOG_BYTES = 256 * 1024 * 1024
 #: How long the supervisor waits for a new actor to answer its first ping.
 SPAWN_TIMEOUT_S = 120.0
+#: A cached routing naming no leader for a partition (read during an election) is asked again after
+#: this long, by clients and the coordinator alike: not on every call.
+UNAVAILABLE_RECHECK_S = 0.1
 
 #: How often the supervisor pings every replica (and the coordinator).
 HEARTBEAT_INTERVAL_MS = 100

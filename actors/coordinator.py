@@ -54,7 +54,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from actors import runtime
-from actors.config import ClusterConfig
+from actors.config import UNAVAILABLE_RECHECK_S, ClusterConfig
 from actors.coordinator_core import (
     ABORT, COMMIT, CoordinatorCore, InDoubt, LogDecision, Release, Reply, SendAbort, SendDecision, SendPrepare,
 )
@@ -92,8 +92,6 @@ RESTART_BACKOFF_DOUBLINGS_MAX = 6
 STEP_RESENDS_MAX = 3
 #: Interval of the core's clock tick (timeouts, re-sends).
 TICK_S = 0.05
-#: A cached routing naming no leader for a partition is asked again after this long (not on every call).
-UNAVAILABLE_RECHECK_S = 0.1
 #: Recovery: rounds of asking every leader, and the pause between rounds.
 RECOVERY_ROUNDS_MAX = 60
 RECOVERY_RETRY_S = 0.5
